@@ -1,0 +1,353 @@
+"""`python -m flows.batch` (also installed as `opsflow`): the command line.
+
+`validate`, `plan`, `list` and `run --dry-run` never import Prefect, so they answer at once.
+Errors become one line and the exit code of seed 003; only this module turns them so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from flows.console import Console
+from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
+
+app = typer.Typer(
+    name="opsflow",
+    help="Operations procedures as Prefect flows. Exit codes: 0 success, 1 step failure, "
+    "2 dependency, 3 configuration/validation, 4 connection, 5 permission, 10 dry run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+server_app = typer.Typer(
+    help="The local Prefect server opsflow reuses for fast local runs.", no_args_is_help=True
+)
+app.add_typer(server_app, name="server")
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show debug lines.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings, errors and results.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Parameters: key=value[,key2=value2]; repeatable; lists as a,b or JSON."
+    ),
+]
+
+
+def _fail(console: Console, err: OpsflowError) -> int:
+    console.error(str(err))
+    for detail in getattr(err, "details", [])[1:]:
+        console.error(detail)
+    return err.exit_code
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Workflow files to check.", show_default=False)],
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Check workflow files without running anything (schema, references, cycles, templates)."""
+    from flows.workflow.check import analyse
+    from flows.workflow.load import load_workflow
+
+    console = Console(verbose=verbose, quiet=quiet)
+    results, code = [], EXIT_OK
+    for file in files:
+        try:
+            loaded = load_workflow(file)
+            analysis = analyse(loaded)
+        except OpsflowError as err:
+            code = max(code, err.exit_code)
+            details = getattr(err, "details", None) or [str(err)]
+            results.append({"file": str(file), "valid": False, "error": str(err), "problems": details})
+            if not json_output:
+                for line in details:
+                    console.error(line)
+            continue
+        steps = len(analysis.graph.leaves)
+        results.append(
+            {
+                "file": str(file),
+                "valid": True,
+                "workflow": loaded.spec.name,
+                "steps": steps,
+                "warnings": analysis.warnings,
+            }
+        )
+        if not json_output:
+            for warning in analysis.warnings:
+                console.warning(warning)
+            if not quiet:
+                console.out(f"ok  {file}  ({loaded.spec.name}, {steps} step{'s' if steps != 1 else ''})")
+    if json_output:
+        console.json(results)
+    return code
+
+
+def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int | None, workflow_id: str):
+    """Load, analyse, bind and plan: everything before Prefect, so bad input fails fast."""
+    from flows.settings import get_settings
+    from flows.workflow.check import analyse
+    from flows.workflow.load import load_workflow
+    from flows.workflow.params import bind, parse_sets
+    from flows.workflow.plan import plan_workflow
+
+    settings = get_settings()
+    loaded = load_workflow(file)
+    analysis = analyse(loaded)
+    values = parse_sets(sets or [])
+    bound = bind(
+        loaded,
+        values,
+        environment=env,
+        default_environment=settings.environment,
+        workflow_id=workflow_id,
+    )
+    bound.warnings[:0] = analysis.warnings
+    plan = plan_workflow(loaded, analysis.graph, bound, parallel=parallel or settings.parallel)
+    return loaded, values, plan, settings
+
+
+@app.command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)],
+    sets: Sets = None,
+    env: Annotated[str | None, typer.Option("--env", "-e", help="Target environment.")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Most steps at once.", min=1)] = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Show what a run would do: order, groups, limits, rendered commands, skips, hooks."""
+    console = Console(verbose=verbose, quiet=quiet)
+    try:
+        _, _, the_plan, _ = _prepare(file, sets, env, parallel, "<workflow_id>")
+    except OpsflowError as err:
+        return _fail(console, err)
+    from flows.workflow.show import plan_text
+
+    console.json(the_plan.to_dict()) if json_output else console.out(plan_text(the_plan))
+    return EXIT_OK
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)],
+    sets: Sets = None,
+    env: Annotated[
+        str | None, typer.Option("--env", "-e", help="Target environment (the `environment` parameter).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the rendered plan and exit 10; run nothing.")
+    ] = False,
+    parallel: Annotated[int | None, typer.Option(help="Most steps running at once.", min=1)] = None,
+    continue_on_error: Annotated[
+        bool,
+        typer.Option("--continue-on-error", help="Keep running steps that do not depend on a failed one."),
+    ] = False,
+    timeout: Annotated[str | None, typer.Option(help="Whole-run timeout, e.g. 300, 30s, 5m, 1h.")] = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Run a workflow as a Prefect flow (one task run per step) and print its summary."""
+    console = Console(verbose=verbose, quiet=quiet)
+    try:
+        if timeout is not None:
+            from flows.workflow.units import parse_duration
+
+            try:
+                parse_duration(timeout)
+            except ValueError as exc:
+                raise ValidationError(f"--timeout: {exc}") from None
+        loaded, values, the_plan, settings = _prepare(
+            file, sets, env, parallel, f"dry-run-{uuid.uuid4().hex[:8]}"
+        )
+    except OpsflowError as err:
+        return _fail(console, err)
+    console.name = loaded.spec.name
+    if dry_run:
+        from flows.workflow.show import plan_text
+
+        console.json(the_plan.to_dict() | {"dry_run": True}) if json_output else console.out(
+            plan_text(the_plan, dry_run=True)
+        )
+        return EXIT_DRY_RUN
+    try:
+        from flows.local_server import ensure_api
+
+        ensure_api(settings.server, settings.server_port, console.info)
+    except OpsflowError as err:
+        return _fail(console, err)
+    _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from flows.workflow.run import run_and_summarise
+
+    return run_and_summarise(
+        console,
+        path=str(file.resolve()),
+        parameters=values,
+        environment=env,
+        parallel=parallel or settings.parallel,
+        continue_on_error=continue_on_error,
+        timeout=timeout,
+        default_environment=settings.environment,
+        json_output=json_output,
+    )
+
+
+@app.command("list")
+def list_workflows(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Directory of workflow files (default: OPSFLOW_WORKFLOWS_DIR).")
+    ] = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """List workflow files with their description and parameters."""
+    from flows.settings import get_settings
+    from flows.workflow.load import load_workflow
+
+    console = Console(verbose=verbose, quiet=quiet)
+    folder = directory or get_settings().workflows_dir
+    if not folder.is_dir():
+        return _fail(console, ValidationError("not a directory", where=str(folder)))
+    entries = []
+    for file in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            spec = load_workflow(file).spec
+        except OpsflowError as err:
+            entries.append({"file": str(file), "valid": False, "error": str(err)})
+            continue
+        params = [
+            {
+                "name": p.name,
+                "type": p.kind,
+                "default": p.default,
+                "required": p.required,
+                "description": p.description,
+            }
+            for p in spec.parameters
+        ]
+        entries.append(
+            {
+                "file": str(file),
+                "valid": True,
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": params,
+            }
+        )
+    if json_output:
+        console.json(entries)
+        return EXIT_OK
+    for entry in entries:
+        if not entry["valid"]:
+            console.out(f"{Path(entry['file']).name}  INVALID: {entry['error']}")
+            continue
+        console.out(f"{entry['name']}  ({Path(entry['file']).name})  {entry['description'] or ''}".rstrip())
+        for p in entry["parameters"]:
+            default = "" if p["default"] is None else f" = {p['default']!r}"
+            need = " (required)" if p["required"] else ""
+            console.out(
+                f"    --set {p['name']}: {p['type']}{default}{need}  {p['description'] or ''}".rstrip()
+            )
+    if not entries:
+        console.out(f"no workflow files in {folder}")
+    return EXIT_OK
+
+
+@app.command()
+def reference(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 3 if OUTPUT differs from the generated text.")
+    ] = False,
+) -> int:
+    """Generate the workflow-file reference (every key: type, default, meaning) from the schema."""
+    from flows.workflow.reference import render_reference
+
+    text = render_reference()
+    if output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    if check:
+        current = output.read_text() if output.exists() else ""
+        if current != text:
+            Console().error(f"{output} is stale: run `python -m flows.batch reference -o {output}`")
+            return EXIT_CONFIG
+        return EXIT_OK
+    output.write_text(text)
+    return EXIT_OK
+
+
+@server_app.command("status")
+def server_status(json_output: Json = False) -> int:
+    """Say which Prefect API local runs use."""
+    from flows.local_server import configured_api_url, healthy, local_api_url
+    from flows.settings import get_settings
+
+    settings = get_settings()
+    url = configured_api_url() or local_api_url(settings.server_port)
+    up = healthy(url)
+    info = {"mode": settings.server, "api_url": url, "healthy": up}
+    Console.json(info) if json_output else Console.out(
+        f"{url}: {'up' if up else 'not answering'} (mode {settings.server})"
+    )
+    return EXIT_OK
+
+
+@server_app.command("stop")
+def server_stop() -> int:
+    """Stop the local Prefect server that opsflow started."""
+    from flows.local_server import stop_server
+
+    Console.out(stop_server())
+    return EXIT_OK
+
+
+def _configure_prefect_logging(*, verbose: bool, quiet: bool) -> None:
+    """Prefect's console lines in seed 003's format (set before Prefect is imported)."""
+    fmt = "[%(asctime)s] [%(levelname)s] [%(flow_run_name)s] "
+    defaults = {
+        "PREFECT_LOGGING_FORMATTERS_STANDARD_FLOW_RUN_FMT": fmt + "%(message)s",
+        "PREFECT_LOGGING_FORMATTERS_STANDARD_TASK_RUN_FMT": fmt + "%(task_run_name)s: %(message)s",
+        "PREFECT_LOGGING_FORMATTERS_STANDARD_FORMAT": "[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s",
+        "PREFECT_LOGGING_FORMATTERS_STANDARD_DATEFMT": "%Y-%m-%d %H:%M:%S",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if verbose or quiet:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG" if verbose else "WARNING"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's usage errors exit 3 (configuration), not click's 2 (our 'dependency')."""
+    try:
+        code = app(args=argv, prog_name="opsflow", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        code = EXIT_CONFIG
+    except click.exceptions.Abort:
+        code = 130
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""opsflow's settings: one class, read once, from `OPSFLOW_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
+
+    environment: str = Field("development", description="Environment when a run gives no -e.")
+    workflows_dir: Path = Field(Path("deployments/workflows"), description="Where `list` looks.")
+    parallel: int = Field(8, ge=1, description="Most steps running at once when --parallel is not given.")
+    server: Literal["auto", "reuse", "ephemeral"] = Field(
+        "auto", description="How local runs find a Prefect API (see flows/local_server.py)."
+    )
+    server_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

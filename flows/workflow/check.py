@@ -1,0 +1,113 @@
+"""Static checks of a workflow beyond its schema: references, templates, resources. Pure.
+
+`validate` runs these; so does every run before it starts anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flows.errors import ValidationError
+from flows.workflow.graph import Graph, build_graph
+from flows.workflow.load import LoadedWorkflow, Location
+from flows.workflow.spec import Step
+from flows.workflow.template import compile_template
+
+
+@dataclass
+class Analysis:
+    graph: Graph
+    warnings: list[str] = field(default_factory=list)
+
+
+def analyse(loaded: LoadedWorkflow) -> Analysis:
+    """Build the graph and check everything that does not need parameter values."""
+    graph = build_graph(loaded)
+    _check_references(loaded, graph)
+    _check_resources(loaded, graph)
+    return Analysis(graph=graph, warnings=check_templates(loaded, graph))
+
+
+def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:
+    spec = loaded.spec
+    captured: dict[str, str] = {}
+    for node in graph.nodes.values():
+        step = node.step
+        if step.circuit_breaker is not None and step.circuit_breaker not in spec.circuit_breakers:
+            known = ", ".join(sorted(spec.circuit_breakers)) or "none are defined"
+            raise ValidationError(
+                f"step `{node.id}` names circuit breaker `{step.circuit_breaker}`, which `circuit_breakers` "
+                f"does not define ({known})",
+                where=loaded.where((*node.loc, "circuit_breaker")),
+            )
+        name = step.capture_output or (node.id if step.capture_output == "" else None)
+        if name is not None:
+            if name in captured:
+                raise ValidationError(
+                    f"`capture_output: {name}` is used by `{captured[name]}` and `{node.id}` — use distinct names",
+                    where=loaded.where((*node.loc, "capture_output")),
+                )
+            captured[name] = node.id
+
+
+def _check_resources(loaded: LoadedWorkflow, graph: Graph) -> None:
+    """A step that asks for more than the whole run may use could never start."""
+    limits = loaded.spec.resource_limits
+    if limits is None:
+        return
+    for node in graph.nodes.values():
+        for key in ("resources", "resource_requirements"):
+            wanted = getattr(node.step, key)
+            if wanted is None:
+                continue
+            for kind, limit in (("memory", limits.memory_limit), ("cpu", limits.cpu_limit)):
+                amount = getattr(wanted, kind)
+                if amount is not None and limit is not None and amount > limit:
+                    raise ValidationError(
+                        f"step `{node.id}` asks for {kind} {amount:g} but `resource_limits` allows {limit:g} in all",
+                        where=loaded.where((*node.loc, key, kind)),
+                    )
+
+
+def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
+    """Compile every template now (syntax errors fail validation); return warnings for names
+    that are neither declared nor built in (they must come from `--set`)."""
+    spec = loaded.spec
+    known = {p.name for p in spec.parameters} | set(spec.variables) | {c.name for c in spec.conditions}
+    known |= {"environment", "workflow_id", "workflow", "outputs"}
+    captured = {n.step.capture_output for n in graph.nodes.values() if n.step.capture_output}
+    warnings: list[str] = []
+    for loc, source in _template_fields(loaded, graph):
+        template = compile_template(source, where=loaded.where(loc), line=loaded.line(loc))
+        for name in sorted(template.output_names() - captured):
+            raise ValidationError(
+                f"`.outputs.{name}` is never captured — add `capture_output: {name}` to the step that prints it",
+                where=loaded.where(loc),
+            )
+        for name in sorted(template.names() - known):
+            warnings.append(
+                f"{loaded.where(loc)}: `.{name}` is not declared; it must be given with --set {name}=..."
+            )
+    return warnings
+
+
+def _template_fields(loaded: LoadedWorkflow, graph: Graph) -> list[tuple[Location, str]]:
+    spec = loaded.spec
+    fields: list[tuple[Location, str]] = []
+    for key, value in spec.variables.items():
+        if isinstance(value, str):
+            fields.append((("variables", key), value))
+    for index, cond in enumerate(spec.conditions):
+        fields.append((("conditions", index, "expression"), cond.expression))
+    for index, rule in enumerate(spec.validation):
+        fields.append((("validation", index, "expression"), rule.expression))
+    for index, pre in enumerate(spec.prerequisites):
+        fields.append((("prerequisites", index, "command"), pre.command))
+    steps: list[tuple[Location, Step]] = [(n.loc, n.step) for n in graph.nodes.values()]
+    steps += [(h.loc, h.step) for h in graph.hooks()]
+    for loc, step in steps:
+        for key in ("command", "script", "when", "condition"):
+            value = getattr(step, key)
+            if value is not None:
+                fields.append(((*loc, key), value))
+    return fields

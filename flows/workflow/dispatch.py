@@ -1,0 +1,147 @@
+"""Which steps may start now: dependencies, group and global limits, priority. Pure.
+
+Prefect runs each step as a task; this decides the order. Prefect's `wait_for` alone
+cannot express "at most N of this group at once" or "lower priority first", so the flow
+asks a `Dispatcher` after every completion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from flows.workflow.graph import Graph
+
+
+class Outcome(StrEnum):
+    COMPLETED = "Completed"
+    SKIPPED = "Skipped"
+    FAILED = "Failed"
+    NOT_RUN = "NotRun"
+
+    @property
+    def satisfies(self) -> bool:
+        """Whether a dependent step may run after this outcome."""
+        return self in (Outcome.COMPLETED, Outcome.SKIPPED)
+
+
+@dataclass(frozen=True)
+class Settled:
+    outcome: Outcome
+    reason: str = ""
+
+
+class Dispatcher:
+    """Tracks every leaf step from pending to settled and hands out the next ones to start."""
+
+    def __init__(self, graph: Graph, *, limit: int | None = None, fail_fast: bool = True) -> None:
+        self.graph = graph
+        self.limit = limit
+        self.fail_fast = fail_fast
+        self.pending: list[str] = list(graph.leaves)
+        self.running: set[str] = set()
+        self.settled: dict[str, Settled] = {}
+        self.stopped: str | None = None
+        self._waits = {leaf: graph.waits_for(leaf) for leaf in graph.leaves}
+        self._groups = {leaf: graph.ancestors(leaf) for leaf in graph.leaves}
+        self._rank = {
+            leaf: (_priority(graph.inherited(leaf, "priority")), graph.nodes[leaf].order)
+            for leaf in graph.leaves
+        }
+        self._leaves_under = {n: graph.leaves_under(n) for n in graph.nodes}
+
+    @property
+    def done(self) -> bool:
+        return not self.pending and not self.running
+
+    @property
+    def failed(self) -> list[str]:
+        return [leaf for leaf, s in self.settled.items() if s.outcome is Outcome.FAILED]
+
+    def ready(self) -> list[str]:
+        """Leaves that may start now, best first; they are marked running."""
+        if self.stopped:
+            self._settle_pending(Outcome.NOT_RUN, self.stopped)
+            return []
+        self._block_unreachable()
+        candidates = sorted(
+            (leaf for leaf in self.pending if self._deps_met(leaf)), key=self._rank.__getitem__
+        )
+        started: list[str] = []
+        for leaf in candidates:
+            if self.limit is not None and len(self.running) >= self.limit:
+                break
+            if not self._group_room(leaf):
+                continue
+            self.pending.remove(leaf)
+            self.running.add(leaf)
+            started.append(leaf)
+        return started
+
+    def finish(self, leaf: str, outcome: Outcome, reason: str = "") -> None:
+        self.running.discard(leaf)
+        if leaf in self.pending:
+            self.pending.remove(leaf)
+        self.settled[leaf] = Settled(outcome, reason)
+        if outcome is Outcome.FAILED and self.fail_fast and not self.stopped:
+            self.stopped = f"not started: `{leaf}` failed (fail_fast)"
+
+    def skip(self, node_id: str, reason: str) -> list[str]:
+        """Settle every pending leaf under `node_id` as skipped; returns them."""
+        skipped = [
+            leaf for leaf in self._leaves_under[node_id] if leaf in self.pending or leaf in self.running
+        ]
+        for leaf in skipped:
+            self.finish(leaf, Outcome.SKIPPED, reason)
+        return skipped
+
+    def stop(self, reason: str) -> None:
+        """Start nothing more (a timeout or an interrupt); pending leaves settle as not run."""
+        self.stopped = self.stopped or reason
+
+    def _deps_met(self, leaf: str) -> bool:
+        return all(self._node_settled(dep) for dep in self._waits[leaf])
+
+    def _node_settled(self, node_id: str) -> bool:
+        return all(
+            leaf in self.settled and self.settled[leaf].outcome.satisfies
+            for leaf in self._leaves_under[node_id]
+        )
+
+    def _group_room(self, leaf: str) -> bool:
+        for group in self._groups[leaf]:
+            limit = self.graph.group_limit(group)
+            if limit is not None and sum(1 for r in self.running if group in self._groups[r]) >= limit:
+                return False
+        return True
+
+    def _block_unreachable(self) -> None:
+        """A leaf whose dependency failed or did not run can never start: settle it as not run."""
+        changed = True
+        while changed:
+            changed = False
+            for leaf in list(self.pending):
+                for dep in self._waits[leaf]:
+                    bad = next(
+                        (
+                            under
+                            for under in self._leaves_under[dep]
+                            if under in self.settled and not self.settled[under].outcome.satisfies
+                        ),
+                        None,
+                    )
+                    if bad is not None:
+                        self.finish(
+                            leaf, Outcome.NOT_RUN, f"not started: depends on `{dep}`, which did not succeed"
+                        )
+                        changed = True
+                        break
+
+    def _settle_pending(self, outcome: Outcome, reason: str) -> None:
+        for leaf in list(self.pending):
+            self.finish(leaf, outcome, reason)
+
+
+def _priority(value: object) -> float:
+    return float(value) if isinstance(value, int) else math.inf

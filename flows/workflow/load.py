@@ -1,0 +1,219 @@
+"""Workflow file -> spec, with file:line on every error."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from flows.errors import PermissionFailure, ValidationError
+from flows.workflow.spec import Workflow
+
+try:  # the C loader is several times faster on large files
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - libyaml missing
+    _Loader = yaml.SafeLoader
+
+Location = tuple[str | int, ...]
+MAX_FILE_BYTES = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadedWorkflow:
+    """A parsed workflow and where each of its values stands in the file."""
+
+    spec: Workflow
+    path: Path
+    text: str
+    lines: dict[Location, int] = field(repr=False)
+
+    def where(self, loc: Location = ()) -> str:
+        """`file:line` of the nearest located value at or above `loc`."""
+        loc = tuple(loc)
+        while loc and loc not in self.lines:
+            loc = loc[:-1]
+        line = self.lines.get(loc)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def line(self, loc: Location) -> int | None:
+        loc = tuple(loc)
+        while loc and loc not in self.lines:
+            loc = loc[:-1]
+        return self.lines.get(loc)
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or an opsflow error that says why it cannot be read."""
+    try:
+        if path.is_dir():
+            raise ValidationError("is a directory, not a workflow file", where=str(path))
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValidationError(f"larger than {MAX_FILE_BYTES // 1024 // 1024} MiB", where=str(path))
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValidationError("no such file", where=str(path)) from None
+    except PermissionError:
+        raise PermissionFailure("permission denied", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(path)) from None
+    except OSError as exc:
+        raise ValidationError(exc.strerror or str(exc), where=str(path)) from None
+
+
+def load_workflow(path: str | os.PathLike[str]) -> LoadedWorkflow:
+    """Read and validate a workflow file."""
+    path = Path(path)
+    return parse_workflow(read_text(path), path)
+
+
+def parse_workflow(text: str, path: Path) -> LoadedWorkflow:
+    """Validate workflow text; `path` is only used in messages."""
+    data, lines = _parse_yaml(text, path)
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ValidationError(
+            f"a workflow file must be a mapping of keys, this one is {kind}", where=f"{path}:1"
+        )
+    try:
+        spec = Workflow.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _explain(exc, path, lines) from None
+    return LoadedWorkflow(spec=spec, path=path, text=text, lines=lines)
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Location, int]]:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        lines: dict[Location, int] = {(): node.start_mark.line + 1}
+        _index(loader, node, (), lines, path)
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ValidationError(f"malformed YAML: {exc.problem or exc.context}", where=where) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise ValidationError(
+            f"malformed YAML: {exc.reason} (character {exc.character!r})", where=f"{path}:{line}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"malformed YAML: {exc}", where=str(path)) from None
+    except RecursionError:
+        raise ValidationError("malformed YAML: nested too deeply", where=str(path)) from None
+    finally:
+        loader.dispose()
+
+
+def _index(loader: Any, node: yaml.Node, loc: Location, lines: dict[Location, int], path: Path) -> None:
+    """Record the line of every mapping key and sequence item; refuse duplicate keys."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool) or key is None:
+                raise ValidationError(f"keys must be plain text, got {key!r}", where=f"{path}:{line}")
+            if key in seen:
+                raise ValidationError(
+                    f"duplicate key `{key}` (first at line {seen[key]}) — keep one", where=f"{path}:{line}"
+                )
+            seen[key] = line
+            lines[(*loc, key)] = line
+            _index(loader, value_node, (*loc, key), lines, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*loc, i)] = item.start_mark.line + 1
+            _index(loader, item, (*loc, i), lines, path)
+
+
+def _explain(exc: pydantic.ValidationError, path: Path, lines: dict[Location, int]) -> ValidationError:
+    messages = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(part for part in error["loc"] if not _is_pydantic_branch(part))
+        where = _where(path, lines, loc)
+        messages.append((where, _describe(error, loc), error["type"] != "extra_forbidden"))
+    # A misspelt key also makes the real key "missing": the spelling is the message worth reading.
+    messages.sort(key=lambda m: (m[2], _line_number(m[0])))
+    where, first, _ = messages[0]
+    more = (
+        f" (and {len(messages) - 1} more problem{'s' if len(messages) > 2 else ''})"
+        if len(messages) > 1
+        else ""
+    )
+    err = ValidationError(first + more, where=where)
+    err.details = [f"{w}: {m}" for w, m, _ in messages]
+    return err
+
+
+def _line_number(where: str) -> int:
+    tail = where.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _is_pydantic_branch(part: Any) -> bool:
+    # Unions and function validators add their own names to `loc`; they are not YAML keys.
+    return isinstance(part, str) and (
+        part.startswith("function-") or part in {"str", "list[str]", "int", "float"}
+    )
+
+
+def _where(path: Path, lines: dict[Location, int], loc: Location) -> str:
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    line = lines.get(loc)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _describe(error: dict[str, Any], loc: Location) -> str:
+    kind = error["type"]
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        suggestion = (
+            f" — did you mean `{hint[0]}`?" if hint else f" — allowed here: {', '.join(sorted(allowed))}"
+        )
+        return f"unknown key `{key}`{suggestion}"
+    if kind == "missing":
+        return f"`{loc[-1]}` is required (at {dotted})"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"{dotted}: {message}"
+
+
+def _allowed_keys(parent: Location) -> list[str]:
+    """Field names of the model that sits at `parent` in a workflow document."""
+    model: Any = Workflow
+    keyed = False  # the previous key was a `dict[str, Model]`: this part is a user's name
+    for part in parent:
+        if isinstance(part, int) or keyed:
+            keyed = False
+            continue
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        keyed = getattr(info.annotation, "__origin__", None) is dict
+        model = _model_of(info.annotation)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside `list[Model]`, `Model | None`, `dict[str, Model]`, ..."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or getattr(annotation, "__metadata__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    origin = getattr(annotation, "__origin__", None)
+    return _model_of(origin) if origin not in (None, list, dict) and origin is not annotation else None

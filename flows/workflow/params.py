@@ -1,0 +1,232 @@
+"""Parameters from `--set` and `-e`, typed and validated; variables and conditions rendered.
+
+The result is the template context every later stage reads. Pure: nothing runs here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.errors import ValidationError
+from flows.workflow.load import LoadedWorkflow
+from flows.workflow.spec import Parameter
+from flows.workflow.template import compile_template, is_template
+
+BUILTIN_NAMES = ("environment", "workflow_id", "workflow", "outputs")
+MAX_VALUE_LENGTH = 64 * 1024
+_TRUE = {"true", "yes", "1", "on", "y"}
+_FALSE = {"false", "no", "0", "off", "n"}
+
+
+@dataclass
+class Bound:
+    """A workflow's template context, ready for planning and running."""
+
+    context: dict[str, Any]
+    parameters: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_sets(values: Iterable[str]) -> dict[str, str]:
+    """`--set a=1,b=x,y --set c=[1,2]` -> {"a": "1", "b": "x,y", "c": "[1,2]"}.
+
+    A comma starts a new pair only when what follows looks like `key=`; otherwise it
+    belongs to the value, so list values can be written `services=api,worker`.
+    """
+    result: dict[str, str] = {}
+    for raw in values:
+        for piece in _split_top_level(raw):
+            key, sep, value = piece.partition("=")
+            key = key.strip()
+            if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValidationError(f"--set expects key=value pairs separated by commas, got `{piece}`")
+            result[key] = value
+    return result
+
+
+def _split_top_level(text: str) -> list[str]:
+    pieces: list[str] = []
+    depth, quote, current = 0, "", ""
+    for index, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0 and re.match(r"\s*[A-Za-z_][A-Za-z0-9_]*=", text[index + 1 :]):
+            pieces.append(current)
+            current = ""
+            continue
+        current += char
+    if current or not pieces:
+        pieces.append(current)
+    return [p for p in pieces if p.strip()]
+
+
+def coerce(param: Parameter, value: Any) -> Any:
+    """Turn a command-line string (or a YAML default) into the parameter's type."""
+    kind = param.kind
+    name = param.name
+    if kind == "list":
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValidationError(f"parameter `{name}`: not a JSON list ({exc.msg})") from None
+            else:
+                value = [item.strip() for item in text.split(",") if item.strip()]
+        if not isinstance(value, list):
+            raise ValidationError(f"parameter `{name}` must be a list, got {value!r}")
+        return value
+    if isinstance(value, list | dict):
+        raise ValidationError(f"parameter `{name}` must be a {kind}, got a {type(value).__name__}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ValidationError(f"parameter `{name}` must be true or false, got {value!r}")
+    if kind in ("int", "float"):
+        try:
+            number = int(str(value).strip()) if kind == "int" else float(str(value).strip())
+        except ValueError:
+            raise ValidationError(
+                f"parameter `{name}` must be a{'n' if kind == 'int' else ''} {kind}, got {value!r}"
+            ) from None
+        return number
+    return "" if value is None else str(value)
+
+
+def check(param: Parameter, value: Any) -> None:
+    """Apply the parameter's `validation` block."""
+    rules = param.validation
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and ("\x00" in item or len(item) > MAX_VALUE_LENGTH):
+            raise ValidationError(f"parameter `{param.name}`: value contains a NUL byte or is over 64 KiB")
+    if rules is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    if rules.pattern is not None:
+        for item in items:
+            if not re.fullmatch(rules.pattern, str(item)):
+                raise ValidationError(f"parameter `{param.name}`: {item!r} does not match {rules.pattern!r}")
+    if rules.enum is not None:
+        for item in items:
+            if item not in rules.enum:
+                allowed = ", ".join(map(str, rules.enum))
+                raise ValidationError(f"parameter `{param.name}`: {item!r} is not one of {allowed}")
+    if isinstance(value, list):
+        if rules.min_items is not None and len(value) < rules.min_items:
+            raise ValidationError(
+                f"parameter `{param.name}`: needs at least {rules.min_items} item(s), got {len(value)}"
+            )
+        if rules.max_items is not None and len(value) > rules.max_items:
+            raise ValidationError(
+                f"parameter `{param.name}`: allows at most {rules.max_items} item(s), got {len(value)}"
+            )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if rules.minimum is not None and value < rules.minimum:
+            raise ValidationError(f"parameter `{param.name}`: {value} is below the minimum {rules.minimum:g}")
+        if rules.maximum is not None and value > rules.maximum:
+            raise ValidationError(f"parameter `{param.name}`: {value} is above the maximum {rules.maximum:g}")
+
+
+def bind(
+    loaded: LoadedWorkflow,
+    sets: Mapping[str, Any],
+    *,
+    environment: str | None,
+    default_environment: str,
+    workflow_id: str,
+) -> Bound:
+    """Typed parameters + builtins + variables + conditions, with validation rules checked."""
+    spec = loaded.spec
+    declared = {p.name: p for p in spec.parameters}
+    warnings: list[str] = []
+    params: dict[str, Any] = {}
+    for name, raw in sets.items():
+        if name in declared:
+            continue
+        if name in BUILTIN_NAMES[1:]:
+            raise ValidationError(f"`{name}` is set by opsflow and cannot be passed with --set")
+        hint = difflib.get_close_matches(name, list(declared), n=1)
+        if hint:
+            raise ValidationError(f"unknown parameter `{name}` — did you mean `{hint[0]}`?")
+        if name != "environment":
+            warnings.append(f"parameter `{name}` is not declared by the workflow; passed as text")
+        params[name] = raw
+        check(Parameter(name=name), raw)
+    for param in spec.parameters:
+        if param.name in sets:
+            value = coerce(param, sets[param.name])
+        elif param.name == "environment" and environment is not None:
+            value = environment
+        elif param.default is not None:
+            value = coerce(param, param.default)
+        elif param.name == "environment":
+            value = default_environment
+        elif param.required:
+            raise ValidationError(
+                f"parameter `{param.name}` is required — pass --set {param.name}=...",
+                where=loaded.where(("parameters", spec.parameters.index(param))),
+            )
+        else:
+            value = [] if param.kind == "list" else None
+        if value is not None:
+            check(param, value)
+        params[param.name] = value
+    if environment is not None:
+        params["environment"] = environment
+    params.setdefault("environment", default_environment)
+    context: dict[str, Any] = {
+        **params,
+        "workflow_id": workflow_id,
+        "workflow": spec.name,
+        "outputs": {},
+    }
+    for index, (key, value) in enumerate(spec.variables.items()):
+        if isinstance(value, str) and is_template(value):
+            where = loaded.where(("variables", key))
+            context[key] = compile_template(
+                value, where=where, line=loaded.line(("variables", key))
+            ).evaluate(context)
+        else:
+            context[key] = value
+        del index
+    for index, cond in enumerate(spec.conditions):
+        loc = ("conditions", index, "expression")
+        template = compile_template(cond.expression, where=loaded.where(loc), line=loaded.line(loc))
+        if template.output_names():
+            raise ValidationError(
+                f"condition `{cond.name}` reads step outputs, but conditions are decided before any step runs "
+                "— put the expression in the step's `when`",
+                where=loaded.where(loc),
+            )
+        context[cond.name] = template.truth(context)
+    _check_rules(loaded, context)
+    return Bound(context=context, parameters=params, warnings=warnings)
+
+
+def _check_rules(loaded: LoadedWorkflow, context: Mapping[str, Any]) -> None:
+    for index, rule in enumerate(loaded.spec.validation):
+        loc = ("validation", index, "expression")
+        template = compile_template(rule.expression, where=loaded.where(loc), line=loaded.line(loc))
+        message = rule.message or f"validation `{rule.name}` failed"
+        try:
+            holds = template.truth(context)
+        except ValidationError as exc:
+            # An undefined parameter in a rule is the rule failing, e.g. "services are required".
+            raise ValidationError(f"{message} ({exc.message})", where=loaded.where(loc)) from None
+        if not holds:
+            raise ValidationError(message, where=loaded.where(loc))

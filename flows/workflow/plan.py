@@ -1,0 +1,227 @@
+"""Graph + bound parameters -> plan: what runs, in which order, with what limits. Pure.
+
+`plan` and `run --dry-run` print it; the Prefect flow follows it, deciding at run time only
+what depends on step outputs (conditions and commands that read `.outputs`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.workflow.graph import Graph, Hook, Node
+from flows.workflow.load import LoadedWorkflow, Location
+from flows.workflow.params import Bound
+from flows.workflow.spec import Retry, Step, Workflow
+from flows.workflow.template import compile_template
+
+DEFAULT_PARALLEL = 8
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step as it will run."""
+
+    id: str
+    kind: str  # command | script | group
+    depth: int
+    depends_on: tuple[str, ...]
+    text: str | None  # the rendered command, or its template when it reads outputs
+    deferred: bool  # rendered only at run time (reads `.outputs`)
+    skip: str | None  # why it will not run, when known now
+    decided_at_run: bool  # a `when` that reads outputs
+    timeout: float | None
+    delays: tuple[float, ...]  # one per retry
+    priority: int | None
+    limit: int | None  # groups: children at once
+    unenforced: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    workflow: str
+    environment: str
+    parameters: dict[str, Any]
+    steps: list[StepPlan]
+    hooks: dict[str, list[str]]
+    parallel: int
+    strategy: str
+    unenforced: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow,
+            "environment": self.environment,
+            "parameters": self.parameters,
+            "parallel": self.parallel,
+            "strategy": self.strategy,
+            "steps": [
+                s.__dict__ | {"depends_on": list(s.depends_on), "delays": list(s.delays)} for s in self.steps
+            ],
+            "hooks": self.hooks,
+            "accepted_not_yet_enforced": self.unenforced,
+            "warnings": self.warnings,
+        }
+
+
+def retry_delays(retry: Retry | None, rng: random.Random | None = None) -> list[float]:
+    """The wait before each retry: backoff, capped, then jittered.
+
+    Prefect ignores `retry_jitter_factor` for tasks, so the jitter is applied here and the
+    task gets the explicit list.
+    """
+    if retry is None or retry.attempts <= 1:
+        return []
+    rng = rng or random.Random()
+    delays = []
+    for n in range(1, retry.attempts):
+        base = {"fixed": retry.delay, "linear": retry.delay * n, "exponential": retry.delay * 2 ** (n - 1)}[
+            retry.backoff
+        ]
+        base = min(base, retry.max_delay)
+        spread = base * retry.jitter
+        delays.append(round(max(0.0, base + rng.uniform(-spread, spread)), 3))
+    return delays
+
+
+def default_retry(spec: Workflow) -> Retry | None:
+    handling = spec.error_handling
+    if handling.strategy == "retry" and handling.max_retries > 0:
+        return Retry(attempts=handling.max_retries + 1, delay=handling.retry_delay)
+    return None
+
+
+def effective_parallel(spec: Workflow, requested: int | None) -> int:
+    limits = [requested or DEFAULT_PARALLEL]
+    if spec.resource_limits and spec.resource_limits.max_parallel:
+        limits.append(spec.resource_limits.max_parallel)
+    return max(1, min(limits))
+
+
+def step_text(step: Step) -> str:
+    return step.command if step.command is not None else (step.script or "")
+
+
+def render_step(loaded: LoadedWorkflow, step: Step, loc: Location, context: dict[str, Any]) -> str:
+    """The command exactly as the shell will receive it (template values quoted)."""
+    key = "command" if step.command is not None else "script"
+    template = compile_template(
+        step_text(step), where=loaded.where((*loc, key)), line=loaded.line((*loc, key))
+    )
+    return template.render(context, shell=True)
+
+
+def skip_reason(loaded: LoadedWorkflow, step: Step, loc: Location, context: dict[str, Any]) -> str | None:
+    """Why the step's own `when` / `condition` keeps it from running, or None."""
+    for key in ("when", "condition"):
+        source = getattr(step, key)
+        if source is None:
+            continue
+        template = compile_template(source, where=loaded.where((*loc, key)), line=loaded.line((*loc, key)))
+        if not template.truth(context):
+            return f"`{key}` is false: {' '.join(source.split())[:80]}"
+    return None
+
+
+def reads_outputs(loaded: LoadedWorkflow, step: Step, loc: Location, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        source = getattr(step, key)
+        if source is not None and compile_template(source, where=loaded.where((*loc, key))).output_names():
+            return True
+    return False
+
+
+def unenforced_step_fields(step: Step) -> list[str]:
+    """Fields parsed now whose behaviour comes with later work; never silently ignored."""
+    found = []
+    for key in (
+        "manual_approval",
+        "circuit_breaker",
+        "fallback_steps",
+        "resources",
+        "resource_requirements",
+        "metrics",
+    ):
+        if getattr(step, key):
+            found.append(key)
+    return found
+
+
+def unenforced_workflow_fields(spec: Workflow) -> list[str]:
+    found = [key for key in ("notifications", "monitoring", "metrics", "recovery") if getattr(spec, key)]
+    if spec.circuit_breakers:
+        found.append("circuit_breakers")
+    if spec.resource_limits and (spec.resource_limits.memory_limit or spec.resource_limits.cpu_limit):
+        found.append("resource_limits.memory_limit/cpu_limit")
+    if spec.rollback and spec.rollback.conditions:
+        found.append("rollback.conditions (rollback runs on any failure)")
+    return found
+
+
+def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, parallel: int | None = None) -> Plan:
+    spec = loaded.spec
+    context = bound.context
+    fallback_retry = default_retry(spec)
+    skipped: dict[str, str] = {}
+    steps: list[StepPlan] = []
+    for node in graph.nodes.values():
+        steps.append(_plan_node(loaded, graph, node, context, skipped, fallback_retry))
+    unenforced = unenforced_workflow_fields(spec)
+    for plan in steps:
+        unenforced.extend(f"{plan.id}: {key}" for key in plan.unenforced)
+    return Plan(
+        workflow=spec.name,
+        environment=str(context.get("environment")),
+        parameters=bound.parameters,
+        steps=steps,
+        hooks={section: [h.id for h in hooks] for section, hooks in graph.sections.items() if hooks},
+        parallel=effective_parallel(spec, parallel),
+        strategy=spec.error_handling.strategy,
+        unenforced=unenforced,
+        warnings=list(bound.warnings),
+    )
+
+
+def _plan_node(
+    loaded: LoadedWorkflow,
+    graph: Graph,
+    node: Node,
+    context: dict[str, Any],
+    skipped: dict[str, str],
+    fallback_retry: Retry | None,
+) -> StepPlan:
+    step = node.step
+    parent_skip = skipped.get(node.parent) if node.parent else None
+    decided_at_run = reads_outputs(loaded, step, node.loc, ("when", "condition"))
+    skip = parent_skip
+    if skip is None and not decided_at_run:
+        own = skip_reason(loaded, step, node.loc, context)
+        skip = own
+    if skip is not None:
+        skipped[node.id] = skip if parent_skip is None else parent_skip
+    text, deferred = None, False
+    if not step.is_group:
+        deferred = reads_outputs(loaded, step, node.loc, ("command", "script"))
+        text = step_text(step) if deferred or skip else render_step(loaded, step, node.loc, context)
+    timeout = graph.inherited(node.id, "timeout")
+    return StepPlan(
+        id=node.id,
+        kind="group" if step.is_group else ("command" if step.command is not None else "script"),
+        depth=len(graph.ancestors(node.id)),
+        depends_on=tuple(node.deps),
+        text=text,
+        deferred=deferred,
+        skip=skip,
+        decided_at_run=decided_at_run,
+        timeout=timeout if isinstance(timeout, float) else None,
+        delays=tuple(retry_delays(graph.retry_of(node.id, fallback_retry))) if not step.is_group else (),
+        priority=graph.inherited(node.id, "priority"),  # type: ignore[arg-type]
+        limit=graph.group_limit(node.id) if step.is_group else None,
+        unenforced=tuple(unenforced_step_fields(step)),
+    )
+
+
+def hook_steps(graph: Graph, section: str) -> list[Hook]:
+    return graph.sections.get(section, [])

@@ -1,0 +1,164 @@
+"""Run one command in its own process group, stream its lines, kill the group on timeout.
+
+Prefect's `timeout_seconds` cannot stop a thread that waits on a child process, so the
+timeout lives here: the whole group (the shell and everything it started) is signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_GRACE_SECONDS = 3.0
+MAX_CAPTURE_BYTES = 1024 * 1024
+MAX_LINE_CHARS = 4000
+
+LineSink = Callable[[str, str], None]  # (stream name, line)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    timed_out: bool
+    duration: float
+    stdout: str
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def shell_argv(text: str, shell: str | None) -> tuple[list[str], Path | None]:
+    """The argv that runs `text`, and a temporary script file to delete afterwards, if any.
+
+    `bash` runs as GitHub Actions runs it (`-eo pipefail`, no profile), so a failing line
+    in a multi-line command fails the step instead of being ignored.
+    """
+    if text.startswith("#!"):
+        interpreter = text.splitlines()[0][2:].split()
+        fd, name = tempfile.mkstemp(prefix="opsflow-", suffix=".script")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        return [*interpreter, name], Path(name)
+    chosen = shell or ("bash" if shutil.which("bash") else "sh")
+    base = os.path.basename(chosen)
+    if base == "bash":
+        return [chosen, "--noprofile", "--norc", "-eo", "pipefail", "-c", text], None
+    if base in ("sh", "dash", "zsh", "ksh"):
+        return [chosen, "-ec", text], None
+    return [chosen, "-c", text], None
+
+
+def run_command(
+    text: str,
+    *,
+    shell: str | None = None,
+    timeout: float | None = None,
+    on_line: LineSink | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> CommandResult:
+    """Run `text` and wait; stdout is returned (capped), every line goes to `on_line`."""
+    argv, script = shell_argv(text, shell)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, so a timeout can kill all of it
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+    except (FileNotFoundError, PermissionError) as exc:
+        if on_line:
+            on_line("stderr", f"cannot start {argv[0]!r}: {exc.strerror}")
+        return CommandResult(exit_code=127, timed_out=False, duration=0.0, stdout="")
+    try:
+        stdout, truncated, timed_out = _pump(proc, started, timeout, on_line)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        if script is not None:
+            script.unlink(missing_ok=True)
+    exit_code = proc.wait()
+    return CommandResult(
+        exit_code=exit_code,
+        timed_out=timed_out,
+        duration=time.monotonic() - started,
+        stdout=stdout,
+        truncated=truncated,
+    )
+
+
+def _pump(
+    proc: subprocess.Popen[bytes], started: float, timeout: float | None, on_line: LineSink | None
+) -> tuple[str, bool, bool]:
+    selector = selectors.DefaultSelector()
+    buffers = {"stdout": b"", "stderr": b""}
+    assert proc.stdout is not None and proc.stderr is not None
+    selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    captured = bytearray()
+    truncated = timed_out = False
+    deadline = started + timeout if timeout is not None else None
+
+    def emit(stream: str, raw: bytes) -> None:
+        if on_line:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            on_line(stream, line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …[cut]")
+
+    while selector.get_map():
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if deadline is not None and wait == 0.0:
+            timed_out = True
+            _kill_group(proc)
+            break
+        for key, _ in selector.select(timeout=wait):
+            chunk = os.read(key.fd, 65536)
+            stream = key.data
+            if not chunk:
+                selector.unregister(key.fileobj)
+                if buffers[stream]:
+                    emit(stream, buffers[stream])
+                    buffers[stream] = b""
+                continue
+            if stream == "stdout":
+                room = MAX_CAPTURE_BYTES - len(captured)
+                captured += chunk[: max(room, 0)]
+                truncated = truncated or len(chunk) > room
+            *lines, buffers[stream] = (buffers[stream] + chunk).split(b"\n")
+            for line in lines:
+                emit(stream, line)
+    selector.close()
+    return captured.decode("utf-8", "replace"), truncated, timed_out
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if grace is None:
+            break
+        try:
+            proc.wait(timeout=grace)
+            # The shell may be gone while its children linger in the group; make sure.
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,82 @@
+"""Plans and summaries for a person at a terminal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+from flows.workflow.plan import Plan
+from flows.workflow.report import RunSummary
+from flows.workflow.units import format_duration
+
+
+def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
+    lines = [
+        f"{'Dry run of' if dry_run else 'Plan for'} {plan.workflow} — environment {plan.environment}, "
+        f"up to {plan.parallel} step(s) at once, on failure: {plan.strategy}",
+    ]
+    if plan.parameters:
+        shown = ", ".join(
+            f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in plan.parameters.items()
+        )
+        lines.append(f"parameters: {shown}")
+    for index, step in enumerate(plan.steps):
+        indent = "  " * (step.depth + 1)
+        facts = []
+        if step.kind == "group":
+            facts.append(
+                "group, in order"
+                if step.limit == 1
+                else f"group, parallel{f' ≤{step.limit}' if step.limit else ''}"
+            )
+        if step.depends_on:
+            facts.append("after " + ", ".join(step.depends_on))
+        if step.priority is not None:
+            facts.append(f"priority {step.priority}")
+        if step.timeout is not None:
+            facts.append(f"timeout {format_duration(step.timeout)}")
+        if step.delays:
+            facts.append(f"retries {len(step.delays)} ({', '.join(format_duration(d) for d in step.delays)})")
+        if step.decided_at_run:
+            facts.append("condition decided at run time (reads step outputs)")
+        status = f"SKIP ({step.skip})" if step.skip else ""
+        lines.append(
+            f"{indent}{step.id}"
+            + (f"  [{'; '.join(facts)}]" if facts else "")
+            + (f"  {status}" if status else "")
+        )
+        if step.text is not None and not step.skip:
+            prefix = "(rendered at run time) " if step.deferred else ""
+            for n, text_line in enumerate(step.text.rstrip("\n").splitlines() or [""]):
+                lines.append(f"{indent}  {'$' if n == 0 else ' '} {prefix if n == 0 else ''}{text_line}")
+        del index
+    for section, hooks in plan.hooks.items():
+        lines.append(f"{section.replace('_', ' ')}: {', '.join(hooks)}")
+    if plan.unenforced:
+        lines.append("accepted, not yet enforced: " + "; ".join(plan.unenforced))
+    for warning in plan.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def summary_table(summary: RunSummary) -> str:
+    """A plain table: readable in a terminal, a log file and CI output alike."""
+    rows = summary.rows()
+    headers = ["step", "state", "attempts", "duration", "exit code", "note"]
+    width = shutil.get_terminal_size((120, 20)).columns if sys.stdout.isatty() else 160
+    cells = [[str(r[h]) for h in headers] for r in rows]
+    sizes = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers[:-1])]
+    fixed = sum(sizes) + 2 * len(sizes)
+    note_width = max(20, width - fixed)
+    out = ["  ".join(h.ljust(s) for h, s in zip(headers[:-1], sizes, strict=True)) + "  note"]
+    for c in cells:
+        note = c[-1] if len(c[-1]) <= note_width else c[-1][: note_width - 1] + "…"
+        out.append("  ".join(v.ljust(s) for v, s in zip(c[:-1], sizes, strict=True)) + "  " + note)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.counts().items()))
+    out.append(
+        f"{summary.workflow}: {summary.state} in {format_duration(summary.duration)} ({counts or 'no steps'})"
+    )
+    if summary.message:
+        out.append(summary.message)
+    return "\n".join(line.rstrip() for line in out)

@@ -1,0 +1,46 @@
+"""Shared fixtures: one Prefect test server for the whole session, started only when needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLES = ROOT / "deployments" / "workflows"
+
+# Keep test runs away from a developer's own server and from starting one in the background.
+os.environ["OPSFLOW_SERVER"] = "reuse"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A Prefect server for the session (`prefect_test_harness`); its URL is exported so the
+    command line and its subprocesses use the same server."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture
+def write_workflow(tmp_path):
+    """Write a workflow file from YAML text and return its path."""
+
+    def write(text: str, name: str = "wf.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write

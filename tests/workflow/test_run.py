@@ -1,0 +1,224 @@
+"""The Prefect flow, against a real Prefect test server and real commands."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from flows.errors import DependencyError
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def run(path, **kwargs):
+    from flows.workflow.run import run_workflow
+
+    state = run_workflow(path=str(path), **kwargs, return_state=True)
+    value = state.result(raise_on_failure=False)
+    return state, value
+
+
+def states(summary):
+    return {s["step"]: s["state"] for s in summary["steps"]}
+
+
+def test_order_capture_conditions_and_quoting(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    pwned = tmp_path / "pwned"
+    path = write_workflow(f"""
+name: semantics
+parameters:
+  - name: who
+    default: "x; touch {pwned}"
+  - name: services
+    type: list
+    default: [api, "a b"]
+steps:
+  - name: status
+    command: |
+      echo '[{{"name": "api", "health_score": 70}}]'
+    capture_output: status_check
+  - name: deploy_if_unhealthy
+    condition: |
+      {{{{- $status := .outputs.status_check | fromJSON -}}}}
+      {{{{- range $status -}}}}
+        {{{{- if and (eq .name "api") (lt .health_score 80) -}}}}
+          true
+        {{{{- end -}}}}
+      {{{{- end -}}}}
+    steps:
+      - command: echo deployed {{{{ .who }}}} >> {log}
+  - name: prod_only
+    when: "{{{{ .environment == 'production' }}}}"
+    steps:
+      - command: echo prod >> {log}
+  - name: after_skip
+    command: for s in {{{{ .services }}}}; do echo "svc=$s" >> {log}; done
+""")
+    state, summary = run(path)
+    assert state.is_completed(), summary
+    assert log.read_text().splitlines() == [f"deployed x; touch {pwned}", "svc=api", "svc=a b"]
+    assert not pwned.exists()
+    got = states(summary)
+    assert got["prod_only.1"] == "Skipped"
+    assert got["after_skip"] == "Completed"
+
+
+def test_parallel_group_respects_limit_and_depends(write_workflow, tmp_path):
+    stamps = tmp_path / "stamps"
+    steps = "\n".join(
+        f"      - name: s{i}\n        command: echo start {i} $(date +%s.%N) >> {stamps}; sleep 0.4; "
+        f"echo end {i} $(date +%s.%N) >> {stamps}"
+        for i in range(4)
+    )
+    path = write_workflow(
+        f"name: par\nsteps:\n  - name: g\n    parallel: true\n    parallel_limit: 2\n    steps:\n{steps}\n"
+        f"      - name: last\n        command: echo last >> {stamps}\n        depends_on: [s0, s1, s2, s3]\n"
+    )
+    started = time.monotonic()
+    state, summary = run(path)
+    elapsed = time.monotonic() - started
+    assert state.is_completed(), summary
+    events = [line.split() for line in stamps.read_text().splitlines()]
+    running, peak = 0, 0
+    for event in events[:-1]:
+        running += 1 if event[0] == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2
+    assert events[-1] == ["last"]
+    assert elapsed < 4  # 4 x 0.4 s in pairs, not one by one with start-up
+
+
+def test_timeout_kills_and_fails(write_workflow):
+    path = write_workflow(
+        "name: t\nsteps:\n  - name: slow\n    command: sleep 30\n    timeout: 1s\n  - command: 'true'\n"
+    )
+    started = time.monotonic()
+    state, summary = run(path)
+    assert time.monotonic() - started < 15
+    assert state.is_failed()
+    assert states(summary) == {"slow": "TimedOut", "step2": "NotRun"}
+    assert "timed out after 1.0s" in summary["steps"][0]["reason"]
+    assert summary["exit_code"] == 1
+
+
+def test_retry_with_on_retry_hooks(write_workflow, tmp_path):
+    counter = tmp_path / "count"
+    retries = tmp_path / "retries"
+    path = write_workflow(f"""
+name: r
+steps:
+  - name: flaky
+    command: echo x >> {counter}; test $(wc -l < {counter}) -ge 3
+    retry: {{attempts: 3, delay: 0.1, backoff: exponential}}
+    on_retry:
+      - command: echo retry >> {retries}
+""")
+    state, summary = run(path)
+    assert state.is_completed(), summary
+    flaky = next(s for s in summary["steps"] if s["step"] == "flaky")
+    assert flaky["attempts"] == 3
+    assert retries.read_text().count("retry") == 2
+
+
+def test_failure_hooks_rollback_and_post_execution(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    path = write_workflow(f"""
+name: f
+rollback:
+  steps:
+    - command: echo rollback >> {log}
+on_failure:
+  - command: echo wf-failure >> {log}
+on_success:
+  - command: echo wf-success >> {log}
+post_execution:
+  failure:
+    - command: echo post-failure {{{{ .workflow_id }}}} >> {log}
+steps:
+  - name: tx
+    atomic: true
+    steps:
+      - name: a
+        command: echo a >> {log}
+        compensate: echo undo-a >> {log}
+      - name: b
+        command: echo b >> {log}
+        compensate: echo undo-b >> {log}
+      - name: c
+        command: exit 7
+        on_failure:
+          - command: echo c-failed >> {log}
+""")
+    state, summary = run(path)
+    assert state.is_failed()
+    lines = log.read_text().splitlines()
+    assert lines[:6] == ["a", "b", "c-failed", "undo-b", "undo-a", "rollback"]
+    assert lines[6] == "wf-failure"
+    assert lines[7].startswith("post-failure ") and lines[7] != "post-failure "
+    c = next(s for s in summary["steps"] if s["step"] == "c")
+    assert c["exit_code"] == 7
+
+
+def test_continue_on_error(write_workflow, tmp_path):
+    path = write_workflow("""
+name: c
+steps:
+  - name: g
+    parallel: true
+    steps:
+      - name: bad
+        command: exit 1
+      - name: dependent
+        command: 'true'
+        depends_on: [bad]
+      - name: independent
+        command: sleep 0.2
+""")
+    _, fast = run(path)
+    assert states(fast)["independent"] in ("Completed", "NotRun")
+    state, summary = run(path, continue_on_error=True)
+    assert state.is_failed()
+    got = states(summary)
+    assert got["independent"] == "Completed" and got["dependent"] == "NotRun" and got["bad"] == "Failed"
+
+
+def test_prerequisite_failure_is_a_dependency_error(write_workflow):
+    path = write_workflow("""
+name: p
+prerequisites:
+  - name: tool_present
+    command: command -v no-such-tool-here
+steps:
+  - command: 'true'
+""")
+    state, value = run(path)
+    assert state.is_failed()
+    assert isinstance(value, DependencyError)
+    assert value.exit_code == 2 and "tool_present" in str(value)
+
+
+def test_workflow_timeout(write_workflow):
+    path = write_workflow("name: wt\nsteps:\n  - command: sleep 20\n  - command: 'true'\n")
+    started = time.monotonic()
+    state, summary = run(path, timeout="1s")
+    assert time.monotonic() - started < 15
+    assert state.is_failed()
+    assert states(summary)["step1"] == "TimedOut"
+    assert states(summary)["step2"] == "NotRun"
+
+
+def test_summary_artifact_is_attached(write_workflow):
+    from prefect import get_client
+
+    path = write_workflow("name: art-test\nsteps:\n  - command: echo hi\n")
+    state, _ = run(path)
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["workflow-art-test"]))
+        )
+    assert any(a.flow_run_id == state.state_details.flow_run_id for a in artifacts)
+    assert artifacts[0].type == "table"
