@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from flows.console import Console
@@ -195,6 +194,7 @@ def run(
 
     return run_and_summarise(
         console,
+        plan=the_plan,
         path=str(file.resolve()),
         parameters=values,
         environment=env,
@@ -335,16 +335,20 @@ def _configure_prefect_logging(*, verbose: bool, quiet: bool) -> None:
         os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG" if verbose else "WARNING"
 
 
+# Typer vendors click; its UsageError is reached through the public BadParameter.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: click's usage errors exit 3 (configuration), not click's 2 (our 'dependency')."""
+    """Entry point: usage errors exit 3 (configuration), not click's 2 (our 'dependency')."""
     try:
         code = app(args=argv, prog_name="opsflow", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
+    except _USAGE_ERROR as exc:
         exc.show()
         code = EXIT_CONFIG
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         code = 130
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 

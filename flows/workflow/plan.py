@@ -32,7 +32,7 @@ class StepPlan:
     skip: str | None  # why it will not run, when known now
     decided_at_run: bool  # a `when` that reads outputs
     timeout: float | None
-    delays: tuple[float, ...]  # one per retry
+    delays: tuple[float, ...]  # one per retry, before jitter
     priority: int | None
     limit: int | None  # groups: children at once
     unenforced: tuple[str, ...] = ()
@@ -66,7 +66,9 @@ class Plan:
         }
 
 
-def retry_delays(retry: Retry | None, rng: random.Random | None = None) -> list[float]:
+def retry_delays(
+    retry: Retry | None, rng: random.Random | None = None, *, jitter: bool = True
+) -> list[float]:
     """The wait before each retry: backoff, capped, then jittered.
 
     Prefect ignores `retry_jitter_factor` for tasks, so the jitter is applied here and the
@@ -81,7 +83,7 @@ def retry_delays(retry: Retry | None, rng: random.Random | None = None) -> list[
             retry.backoff
         ]
         base = min(base, retry.max_delay)
-        spread = base * retry.jitter
+        spread = base * retry.jitter if jitter else 0.0
         delays.append(round(max(0.0, base + rng.uniform(-spread, spread)), 3))
     return delays
 
@@ -216,7 +218,10 @@ def _plan_node(
         skip=skip,
         decided_at_run=decided_at_run,
         timeout=timeout if isinstance(timeout, float) else None,
-        delays=tuple(retry_delays(graph.retry_of(node.id, fallback_retry))) if not step.is_group else (),
+        # The plan shows the delays before jitter, so it reads the same every time.
+        delays=tuple(retry_delays(graph.retry_of(node.id, fallback_retry), jitter=False))
+        if not step.is_group
+        else (),
         priority=graph.inherited(node.id, "priority"),  # type: ignore[arg-type]
         limit=graph.group_limit(node.id) if step.is_group else None,
         unenforced=tuple(unenforced_step_fields(step)),

@@ -11,6 +11,7 @@ import types
 import typing
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -69,6 +70,18 @@ def _default(field: Any) -> str:
     return f"`{json.dumps(field.default)}`"
 
 
+def _example(name: str, field: Any) -> str:
+    if not field.examples:
+        return ""
+    value = field.examples[0]
+    if isinstance(value, str) and "\n" in value:  # YAML would fold it; JSON keeps the \n visible
+        text = f"{name}: {json.dumps(value)}"
+    else:
+        text = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000, allow_unicode=True)
+        text = text.strip().removeprefix("{").removesuffix("}")
+    return "`" + text.replace("|", "\\|").replace("\n", " ") + "`"
+
+
 def _models() -> list[type[BaseModel]]:
     """Every model reachable from `Workflow`, in the order a reader meets them."""
     seen: list[type[BaseModel]] = []
@@ -96,10 +109,12 @@ def render_reference() -> str:
     for model in _models():
         out.append(f"## {model.__name__}\n")
         out.append(f"{(model.__doc__ or '').strip()}\n")
-        out.append("| key | type | default | meaning |")
-        out.append("|---|---|---|---|")
+        out.append("| key | type | default | meaning | example |")
+        out.append("|---|---|---|---|---|")
         for name, field in model.model_fields.items():
             meaning = (field.description or "").replace("|", "\\|")
-            out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {meaning} |")
+            out.append(
+                f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {meaning} | {_example(name, field)} |"
+            )
         out.append("")
     return "\n".join(out).rstrip() + "\n"

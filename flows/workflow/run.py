@@ -6,10 +6,15 @@ file by passing its path as a parameter.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -29,7 +34,7 @@ from flows.workflow.graph import Graph, Hook
 from flows.workflow.load import LoadedWorkflow, Location, load_workflow
 from flows.workflow.params import bind
 from flows.workflow.report import RunSummary, StepOutcome, notify
-from flows.workflow.shell import CommandResult, run_command
+from flows.workflow.shell import CommandResult, run_command, terminate_all
 from flows.workflow.spec import Step
 from flows.workflow.units import format_duration, parse_duration
 
@@ -56,6 +61,8 @@ class CommandFailed(Exception):
             return (
                 f"`{self.step}` timed out after {format_duration(self.timeout or 0)} (process group killed)"
             )
+        if self.exit_code < 0:
+            return f"`{self.step}` was killed by {signal.Signals(-self.exit_code).name}"
         return f"`{self.step}` exited with code {self.exit_code}"
 
     def __repr__(self) -> str:  # Prefect logs the repr when it schedules a retry
@@ -95,6 +102,50 @@ def run_step(
 def mark_skipped(step_id: str, reason: str) -> State:
     """A visible task run for a step that did not run; Prefect has no Skipped state of its own."""
     return Completed(name="Skipped", message=reason)
+
+
+class _QuietStepFailures(logging.Filter):
+    """A failing command is an expected outcome: its one-line reason is the message, with no
+    Python traceback (which would only show opsflow's own frames)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CommandFailed):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_QuietStepFailures())
+
+
+@contextlib.contextmanager
+def _stop_commands_on_signals() -> Iterator[None]:
+    """On SIGINT/SIGTERM kill the running commands first, then let the previous handler act.
+
+    Commands run in sessions of their own, so a terminal's Ctrl-C or a worker's cancellation
+    would not reach them, and the flow would wait for them to finish.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        terminate_all()
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def _flow_run_name() -> str:
@@ -319,7 +370,10 @@ def run_workflow(
 ) -> State:
     """Run the YAML workflow at `path`: one task run per step, summary as a table artifact."""
     try:
-        return _run(path, parameters, environment, parallel, continue_on_error, timeout, default_environment)
+        with _stop_commands_on_signals():
+            return _run(
+                path, parameters, environment, parallel, continue_on_error, timeout, default_environment
+            )
     except OpsflowError as err:
         # Bad input or an unmet prerequisite: one line in the run's log, not a traceback.
         get_run_logger().error(str(err))
@@ -376,6 +430,12 @@ def _run(
     else:
         run.run_hooks(graph.sections["on_success"], "on_success")
         run.run_hooks(graph.sections["post_success"], "post_execution.success")
+    # The table reads in plan order: prerequisites, steps as written, then hooks as they ran.
+    order = {node_id: i for i, node_id in enumerate(graph.nodes)}
+    sections = {"prerequisites": 0, "steps": 1}
+    summary.steps.sort(
+        key=lambda s: (sections.get(s.section, 2), order.get(s.step, 0) if s.section == "steps" else 0)
+    )
     return _finish(summary, failed_main=[s.step for s in failed])
 
 
@@ -426,11 +486,20 @@ def _as_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
-def run_and_summarise(console: Any, *, json_output: bool, **flow_kwargs: Any) -> int:
+def run_and_summarise(console: Any, *, json_output: bool, plan: Any = None, **flow_kwargs: Any) -> int:
     """Run the flow in this process, print its summary, return the exit code."""
     from flows.workflow.show import summary_table
 
-    state = run_workflow(**flow_kwargs, return_state=True)
+    try:
+        with _terminal_view(plan, console):
+            state = run_workflow(**flow_kwargs, return_state=True)
+    except BaseException:
+        # Ctrl-C or a termination signal: the commands run in their own sessions and would
+        # outlive us (and keep this process waiting for its threads), so stop them first.
+        stopped = terminate_all()
+        if stopped:
+            console.warning(f"interrupted: stopped {stopped} running command(s)")
+        raise
     value = state.result(raise_on_failure=False)
     if isinstance(value, OpsflowError):
         console.error(str(value))
@@ -444,3 +513,26 @@ def run_and_summarise(console: Any, *, json_output: bool, **flow_kwargs: Any) ->
     else:
         console.out(summary_table(summary))
     return summary.exit_code
+
+
+@contextlib.contextmanager
+def _terminal_view(plan: Any, console: Any) -> Iterator[None]:
+    """On a terminal, the live view replaces Prefect's console handler for the run's duration."""
+    if plan is None or not sys.stderr.isatty() or console.quiet:
+        yield
+        return
+    from flows.workflow.live import LiveView
+
+    root = logging.getLogger()
+    prefect_consoles = [h for h in root.handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    view = LiveView(plan, level=logging.DEBUG if console.verbose else logging.INFO)
+    for handler in prefect_consoles:
+        root.removeHandler(handler)
+    root.addHandler(view.handler)
+    try:
+        with view:
+            yield
+    finally:
+        root.removeHandler(view.handler)
+        for handler in prefect_consoles:
+            root.addHandler(handler)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,20 @@ MAX_CAPTURE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 4000
 
 LineSink = Callable[[str, str], None]  # (stream name, line)
+
+# Commands run in sessions of their own, so a terminal's Ctrl-C does not reach them: whoever
+# stops the run calls `terminate_all()` to take them down too.
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+
+
+def terminate_all() -> int:
+    """Kill the process group of every command still running; returns how many."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        _kill_group(proc)
+    return len(procs)
 
 
 @dataclass(frozen=True)
@@ -83,15 +98,26 @@ def run_command(
     except (FileNotFoundError, PermissionError) as exc:
         if on_line:
             on_line("stderr", f"cannot start {argv[0]!r}: {exc.strerror}")
-        return CommandResult(exit_code=127, timed_out=False, duration=0.0, stdout="")
-    try:
-        stdout, truncated, timed_out = _pump(proc, started, timeout, on_line)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
         if script is not None:
             script.unlink(missing_ok=True)
-    exit_code = proc.wait()
+        return CommandResult(exit_code=127, timed_out=False, duration=0.0, stdout="")
+    with _running_lock:
+        _running.add(proc)
+    try:
+        stdout, truncated, timed_out = _pump(proc, started, timeout, on_line)
+        exit_code = _wait(proc, started, timeout)
+        timed_out = timed_out or exit_code is None
+    except BaseException:
+        _kill_group(proc)  # interrupted (Ctrl-C, task cancelled): leave nothing running
+        raise
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+        if script is not None:
+            script.unlink(missing_ok=True)
+    if exit_code is None:
+        _kill_group(proc)
+        exit_code = proc.wait()
     return CommandResult(
         exit_code=exit_code,
         timed_out=timed_out,
@@ -99,6 +125,15 @@ def run_command(
         stdout=stdout,
         truncated=truncated,
     )
+
+
+def _wait(proc: subprocess.Popen[bytes], started: float, timeout: float | None) -> int | None:
+    """The exit code; None when the deadline passed first. Output EOF can precede the exit."""
+    remaining = None if timeout is None else max(0.0, started + timeout - time.monotonic())
+    try:
+        return proc.wait(timeout=remaining)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _pump(

@@ -38,14 +38,16 @@ class ParameterValidation(Model):
 
     pattern: str | None = Field(
         None,
-        description="Regular expression the whole value must match (strings).",
         examples=["^(staging|production)$"],
+        description="Regular expression the whole value must match (strings).",
     )
-    min_items: int | None = Field(None, ge=0, description="Fewest items a list may have.")
-    max_items: int | None = Field(None, ge=0, description="Most items a list may have.")
-    enum: list[Any] | None = Field(None, description="The only values allowed.")
-    minimum: float | None = Field(None, description="Smallest number allowed (int parameters).")
-    maximum: float | None = Field(None, description="Largest number allowed (int parameters).")
+    min_items: int | None = Field(None, ge=0, examples=[1], description="Fewest items a list may have.")
+    max_items: int | None = Field(None, ge=0, examples=[10], description="Most items a list may have.")
+    enum: list[Any] | None = Field(None, examples=[["api", "worker"]], description="The only values allowed.")
+    minimum: float | None = Field(None, examples=[1], description="Smallest number allowed (int parameters).")
+    maximum: float | None = Field(
+        None, examples=[100], description="Largest number allowed (int parameters)."
+    )
 
 
 ParameterType = Literal["string", "list", "array", "int", "integer", "float", "bool", "boolean"]
@@ -55,18 +57,25 @@ class Parameter(Model):
     """A value the caller passes with `--set name=value` (or `-e` for `environment`)."""
 
     name: str = Field(
-        description="Name used in templates as `{{ .name }}`.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+        examples=["environment"],
+        description="Name used in templates as `{{ .name }}`.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
     )
-    description: str | None = Field(None, description="Shown by `list` and `plan`.")
+    description: str | None = Field(
+        None, examples=["Target environment"], description="Shown by `list` and `plan`."
+    )
     type: ParameterType | None = Field(
         None,
+        examples=["list"],
         description="string, list/array (from `a,b` or a JSON list), int, float or bool. "
         "Default: inferred from `default`, else string.",
     )
-    default: Any = Field(None, description="Value used when the caller gives none.")
-    required: bool = Field(False, description="Fail (exit 3) when no value is given and there is no default.")
+    default: Any = Field(None, examples=["staging"], description="Value used when the caller gives none.")
+    required: bool = Field(
+        False, examples=[True], description="Fail (exit 3) when no value is given and there is no default."
+    )
     validation: ParameterValidation | None = Field(
-        None, description="Constraints checked before any step runs."
+        None, examples=[{"pattern": "^v[0-9.]+$"}], description="Constraints checked before any step runs."
     )
 
     @property
@@ -89,56 +98,83 @@ class Parameter(Model):
 class NamedExpression(Model):
     """A named boolean expression, usable in templates as `{{ .name }}`."""
 
-    name: str = Field(description="Name of the condition.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    expression: str = Field(description="Template expression, e.g. `{{ .environment == 'production' }}`.")
+    name: str = Field(
+        examples=["is_production"], description="Name of the condition.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    expression: str = Field(
+        examples=["{{ .environment == 'production' }}"],
+        description="Template expression, e.g. `{{ .environment == 'production' }}`.",
+    )
 
 
 class ValidationRule(Model):
     """An expression that must hold before any step runs; when false the run exits 3."""
 
-    name: str = Field(description="Name of the rule, shown when it fails.")
-    expression: str = Field(description="Template expression that must be true.")
-    message: str | None = Field(None, description="What to tell the user when it is false.")
+    name: str = Field(examples=["valid_environment"], description="Name of the rule, shown when it fails.")
+    expression: str = Field(
+        examples=["{{ .environment in ['staging', 'production'] }}"],
+        description="Template expression that must be true.",
+    )
+    message: str | None = Field(
+        None,
+        examples=["Environment must be staging or production"],
+        description="What to tell the user when it is false.",
+    )
 
 
 class Prerequisite(Model):
     """A command that must succeed before any step runs; when it fails the run exits 2."""
 
-    name: str = Field(description="Name of the prerequisite, shown when it fails.")
-    command: str = Field(description="Shell command (templated, values quoted).")
+    name: str = Field(
+        examples=["kubectl_access"], description="Name of the prerequisite, shown when it fails."
+    )
+    command: str = Field(
+        examples=["kubectl auth can-i create deployments"],
+        description="Shell command (templated, values quoted).",
+    )
     timeout: Duration | None = Field(
-        None, description="Seconds or `30s`/`5m`; the command is killed after it."
+        None, examples=["30s"], description="Seconds or `30s`/`5m`; the command is killed after it."
     )
 
 
 class Retry(Model):
     """How often and how patiently a failing step is tried again."""
 
-    attempts: int = Field(1, ge=1, le=100, description="Total tries, the first included.")
-    delay: Duration = Field(0.0, description="Wait before the first retry (seconds or `30s`).")
+    attempts: int = Field(1, ge=1, le=100, examples=[3], description="Total tries, the first included.")
+    delay: Duration = Field(
+        0.0, examples=["60s"], description="Wait before the first retry (seconds or `30s`)."
+    )
     backoff: Literal["fixed", "linear", "exponential"] = Field(
-        "fixed", description="fixed: `delay` each time; linear: delay×n; exponential: delay×2^(n-1)."
+        "fixed",
+        examples=["exponential"],
+        description="fixed: `delay` each time; linear: delay×n; exponential: delay×2^(n-1).",
     )
     jitter: float = Field(
-        0.1, ge=0, le=1, description="Random spread of each delay, as a fraction (0.1 = ±10%)."
+        0.1,
+        ge=0,
+        le=1,
+        examples=[0.2],
+        description="Random spread of each delay, as a fraction (0.1 = ±10%).",
     )
-    max_delay: Duration = Field(600.0, description="Cap on any single delay, before jitter.")
+    max_delay: Duration = Field(600.0, examples=["5m"], description="Cap on any single delay, before jitter.")
 
 
 class Resources(Model):
     """What a step (or each step of a group) reserves while it runs."""
 
-    memory: Memory | None = Field(None, description="`512Mi`, `2Gi`, `1G` or bytes.")
-    cpu: Cpu | None = Field(None, description="Cores: `0.5`, `2` or `500m`.")
+    memory: Memory | None = Field(None, examples=["512Mi"], description="`512Mi`, `2Gi`, `1G` or bytes.")
+    cpu: Cpu | None = Field(None, examples=["0.5"], description="Cores: `0.5`, `2` or `500m`.")
 
 
 class StepMetrics(Model):
     """Per-step metrics to record."""
 
-    track_duration: bool = Field(False, description="Record the step's duration.")
-    track_success: bool = Field(False, description="Count the step's successes and failures.")
+    track_duration: bool = Field(False, examples=[True], description="Record the step's duration.")
+    track_success: bool = Field(
+        False, examples=[True], description="Count the step's successes and failures."
+    )
     custom_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels added to the step's metrics."
+        default_factory=dict, examples=[{"service": "api"}], description="Labels added to the step's metrics."
     )
 
 
@@ -147,74 +183,131 @@ class Step(Model):
 
     name: str | None = Field(
         None,
+        examples=["deploy_api"],
         description="Unique name (used by `depends_on`, logs and the summary). "
         "Unnamed steps get a stable generated name such as `staging_setup.2`.",
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$",
     )
-    description: str | None = Field(None, description="What the step does; shown by `plan`.")
-    command: str | None = Field(None, description="Shell command; template values are shell-quoted.")
-    script: str | None = Field(None, description="Multi-line script; a `#!` line picks its interpreter.")
-    shell: str | None = Field(None, description="Shell for `command`/`script` (default `bash`).")
-    steps: list[Step] | None = Field(None, description="Child steps: makes this step a group.")
+    description: str | None = Field(
+        None, examples=["Deploy the API"], description="What the step does; shown by `plan`."
+    )
+    command: str | None = Field(
+        None,
+        examples=["./deploy.sh api {{ .version }}"],
+        description="Shell command; template values are shell-quoted.",
+    )
+    script: str | None = Field(
+        None,
+        examples=["#!/bin/bash\nset -e\n./migrate.sh"],
+        description="Multi-line script; a `#!` line picks its interpreter.",
+    )
+    shell: str | None = Field(
+        None, examples=["sh"], description="Shell for `command`/`script` (default `bash`)."
+    )
+    steps: list[Step] | None = Field(
+        None, examples=[[{"command": "echo hi"}]], description="Child steps: makes this step a group."
+    )
     parallel: bool = Field(
-        False, description="Run the group's children concurrently (honouring `depends_on`)."
+        False, examples=[True], description="Run the group's children concurrently (honouring `depends_on`)."
     )
     parallel_limit: int | None = Field(
-        None, ge=1, description="Most children of the group running at once; implies `parallel`."
+        None,
+        ge=1,
+        examples=[2],
+        description="Most children of the group running at once; implies `parallel`.",
     )
     depends_on: StrList = Field(
-        default_factory=list, description="Names of steps or groups (anywhere) that must finish first."
+        default_factory=list,
+        examples=[["deploy_api"]],
+        description="Names of steps or groups (anywhere) that must finish first.",
     )
-    priority: int | None = Field(None, description="Among ready steps, lower numbers start first.")
-    when: str | None = Field(None, description="Template; when false the step (and its children) is Skipped.")
-    condition: str | None = Field(None, description="Same as `when`, for multi-line template blocks.")
+    priority: int | None = Field(
+        None, examples=[1], description="Among ready steps, lower numbers start first."
+    )
+    when: str | None = Field(
+        None,
+        examples=["{{ .is_production }}"],
+        description="Template; when false the step (and its children) is Skipped.",
+    )
+    condition: str | None = Field(
+        None,
+        examples=["{{ .outputs.status | fromJSON }}"],
+        description="Same as `when`, for multi-line template blocks.",
+    )
     timeout: Duration | None = Field(
         None,
+        examples=["5m"],
         description="Seconds or `5m`; the command's process group is killed after it. On a group: each child's default.",
     )
-    retry: Retry | None = Field(None, description="Retry policy for this step.")
+    retry: Retry | None = Field(
+        None, examples=[{"attempts": 3, "delay": "10s"}], description="Retry policy for this step."
+    )
     on_failure: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run when this step has failed for good."
+        default_factory=list,
+        examples=[[{"command": "./notify.sh failed"}]],
+        description="Steps run when this step has failed for good.",
     )
     on_retry: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run before each retry of this step."
+        default_factory=list,
+        examples=[[{"command": "./cleanup.sh"}]],
+        description="Steps run before each retry of this step.",
     )
     on_success: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run after this step succeeded."
+        default_factory=list,
+        examples=[[{"command": "./notify.sh ok"}]],
+        description="Steps run after this step succeeded.",
     )
     capture_output: str | None = Field(
         None,
+        examples=["status_check"],
         description="Store the step's stdout under this name: later templates read `{{ .outputs.NAME }}`.",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
     )
-    manual_approval: bool = Field(False, description="Wait for an operator's approval before running.")
-    idempotent: bool | None = Field(None, description="Declares the step safe to run again.")
+    manual_approval: bool = Field(
+        False, examples=[True], description="Wait for an operator's approval before running."
+    )
+    idempotent: bool | None = Field(None, examples=[True], description="Declares the step safe to run again.")
     atomic: bool = Field(
-        False, description="Group: all or nothing; completed children are compensated on failure."
+        False,
+        examples=[True],
+        description="Group: all or nothing; completed children are compensated on failure.",
     )
     rollback_on_failure: bool = Field(
-        False, description="Group: compensate completed children when one fails."
+        False, examples=[True], description="Group: compensate completed children when one fails."
     )
     compensate: Annotated[
         list[Step], BeforeValidator(lambda v: [{"command": v}] if isinstance(v, str) else v)
     ] = Field(
         default_factory=list,
+        examples=["./undo.sh"],
         description="Steps (or one command) that undo this step, run when its atomic group fails.",
     )
     dynamic: bool = Field(
-        False, description="The command is decided at run time (all commands are rendered then)."
+        False,
+        examples=[True],
+        description="The command is decided at run time (all commands are rendered then).",
     )
     circuit_breaker: str | None = Field(
-        None, description="Name of an entry of the workflow's `circuit_breakers`."
+        None,
+        examples=["database_operations"],
+        description="Name of an entry of the workflow's `circuit_breakers`.",
     )
     fallback_steps: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run instead while the step's circuit breaker is open."
+        default_factory=list,
+        examples=[[{"command": "./maintenance.sh on"}]],
+        description="Steps run instead while the step's circuit breaker is open.",
     )
-    resources: Resources | None = Field(None, description="What this step reserves while it runs.")
+    resources: Resources | None = Field(
+        None, examples=[{"memory": "512Mi", "cpu": "1"}], description="What this step reserves while it runs."
+    )
     resource_requirements: Resources | None = Field(
-        None, description="Group: what each child reserves by default."
+        None,
+        examples=[{"memory": "1Gi", "cpu": "2"}],
+        description="Group: what each child reserves by default.",
     )
-    metrics: StepMetrics | None = Field(None, description="Metrics recorded for this step.")
+    metrics: StepMetrics | None = Field(
+        None, examples=[{"track_duration": True}], description="Metrics recorded for this step."
+    )
 
     @field_validator("capture_output", mode="before")
     @classmethod
@@ -256,25 +349,34 @@ class PostExecution(Model):
     """Steps run at the very end, after `on_success` / `on_failure`."""
 
     success: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Run after a successful run."
+        default_factory=list,
+        examples=[[{"command": "./cleanup.sh"}]],
+        description="Run after a successful run.",
     )
     failure: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Run after a failed run."
+        default_factory=list,
+        examples=[[{"command": "./collect-debug.sh"}]],
+        description="Run after a failed run.",
     )
 
 
 class Rollback(Model):
     """Steps that undo a failed run."""
 
-    enabled: bool = Field(True, description="Whether rollback exists at all.")
-    automatic: bool = Field(True, description="Run the rollback steps as soon as the run fails.")
+    enabled: bool = Field(True, examples=[True], description="Whether rollback exists at all.")
+    automatic: bool = Field(
+        True, examples=[True], description="Run the rollback steps as soon as the run fails."
+    )
     conditions: StrList = Field(
         default_factory=list,
+        examples=[["health_check_failed"]],
         description="Named outcomes that trigger rollback (`step_failed`, `deployment_timeout`, "
         "`health_check_failed`); empty means any failure.",
     )
     steps: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run, in order, to roll back."
+        default_factory=list,
+        examples=[[{"command": "./switch.sh blue"}]],
+        description="Steps run, in order, to roll back.",
     )
 
 
@@ -283,91 +385,138 @@ class ErrorHandling(Model):
 
     strategy: Literal["fail_fast", "continue_on_error", "retry"] = Field(
         "fail_fast",
+        examples=["continue_on_error"],
         description="fail_fast: start nothing new after a failure; continue_on_error: run every step "
         "that does not depend on the failed one; retry: like fail_fast, but steps without their "
         "own `retry` are retried `max_retries` times.",
     )
     max_retries: int = Field(
-        0, ge=0, le=100, description="Retries for steps without their own `retry` (strategy retry)."
+        0,
+        ge=0,
+        le=100,
+        examples=[3],
+        description="Retries for steps without their own `retry` (strategy retry).",
     )
-    retry_delay: Duration = Field(0.0, description="Delay between those retries.")
+    retry_delay: Duration = Field(0.0, examples=["30s"], description="Delay between those retries.")
 
 
 class RecoveryStrategy(Model):
     """Actions to take when named conditions occur."""
 
-    name: str = Field(description="Name of the strategy.")
-    conditions: StrList = Field(default_factory=list, description="Named outcomes that trigger it.")
-    actions: StrList = Field(default_factory=list, description="Names of steps or built-in actions to run.")
+    name: str = Field(examples=["service_recovery"], description="Name of the strategy.")
+    conditions: StrList = Field(
+        default_factory=list, examples=[["service_down"]], description="Named outcomes that trigger it."
+    )
+    actions: StrList = Field(
+        default_factory=list,
+        examples=[["restart_service"]],
+        description="Names of steps or built-in actions to run.",
+    )
 
 
 class Recovery(Model):
     """Recovery strategies (conditions → actions)."""
 
-    enabled: bool = Field(True, description="Whether the strategies apply.")
-    strategies: list[RecoveryStrategy] = Field(default_factory=list, description="The strategies.")
+    enabled: bool = Field(True, examples=[True], description="Whether the strategies apply.")
+    strategies: list[RecoveryStrategy] = Field(
+        default_factory=list,
+        examples=[
+            [{"name": "service_recovery", "conditions": ["service_down"], "actions": ["restart_service"]}]
+        ],
+        description="The strategies.",
+    )
 
 
 class CircuitBreaker(Model):
     """A breaker shared by the steps that name it, across runs."""
 
-    failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
-    recovery_timeout: Duration = Field(60.0, description="How long it stays open before one trial run.")
-    fallback: StrList = Field(default_factory=list, description="Actions while open.")
+    failure_threshold: int = Field(
+        5, ge=1, examples=[5], description="Consecutive failures that open the breaker."
+    )
+    recovery_timeout: Duration = Field(
+        60.0, examples=["60s"], description="How long it stays open before one trial run."
+    )
+    fallback: StrList = Field(
+        default_factory=list, examples=[["use_cache"]], description="Actions while open."
+    )
 
 
 class ResourceLimits(Model):
     """Limits on the whole run."""
 
-    max_parallel: int | None = Field(None, ge=1, description="Most steps running at once in the whole run.")
-    memory_limit: Memory | None = Field(None, description="Total memory running steps may reserve.")
-    cpu_limit: Cpu | None = Field(None, description="Total CPU running steps may reserve.")
+    max_parallel: int | None = Field(
+        None, ge=1, examples=[5], description="Most steps running at once in the whole run."
+    )
+    memory_limit: Memory | None = Field(
+        None, examples=["2Gi"], description="Total memory running steps may reserve."
+    )
+    cpu_limit: Cpu | None = Field(None, examples=["4"], description="Total CPU running steps may reserve.")
 
 
 class Notifications(Model):
     """Where and when to notify."""
 
-    channels: StrList = Field(default_factory=list, description="Channel names configured with apprise URLs.")
+    channels: StrList = Field(
+        default_factory=list,
+        examples=[["slack", "email"]],
+        description="Channel names configured with apprise URLs.",
+    )
     events: list[Literal["started", "completed", "failed", "requires_approval", "rolled_back"]] = Field(
-        default_factory=list, description="Events that send a notification."
+        default_factory=list,
+        examples=[["failed", "requires_approval"]],
+        description="Events that send a notification.",
     )
 
 
 class Alert(Model):
     """A condition on the run's metrics evaluated at the end."""
 
-    condition: str = Field(description="e.g. `deployment_duration > 1800`.")
+    condition: str = Field(
+        examples=["deployment_duration > 1800"], description="e.g. `deployment_duration > 1800`."
+    )
     severity: Literal["info", "warning", "error", "critical"] = Field(
-        "warning", description="Severity of the alert."
+        "warning", examples=["warning"], description="Severity of the alert."
     )
 
 
 class Monitoring(Model):
     """Monitoring switches and alerts."""
 
-    metrics: StrList = Field(default_factory=list, description="Built-in metrics to record.")
-    alerts: list[Alert] = Field(default_factory=list, description="Alerts evaluated at the end of the run.")
-    health_checks: bool = Field(False, description="Run health checks around the run.")
-    metrics_collection: bool = Field(False, description="Collect metrics for the run.")
-    log_aggregation: bool = Field(False, description="Ship logs to the aggregator.")
-    alert_on_failure: bool = Field(False, description="Alert when the run fails.")
+    metrics: StrList = Field(
+        default_factory=list, examples=[["deployment_duration"]], description="Built-in metrics to record."
+    )
+    alerts: list[Alert] = Field(
+        default_factory=list,
+        examples=[[{"condition": "deployment_duration > 1800"}]],
+        description="Alerts evaluated at the end of the run.",
+    )
+    health_checks: bool = Field(False, examples=[True], description="Run health checks around the run.")
+    metrics_collection: bool = Field(False, examples=[True], description="Collect metrics for the run.")
+    log_aggregation: bool = Field(False, examples=[True], description="Ship logs to the aggregator.")
+    alert_on_failure: bool = Field(False, examples=[True], description="Alert when the run fails.")
 
 
 class CustomMetric(Model):
     """A metric the workflow defines."""
 
-    name: str = Field(description="Metric name.")
-    type: Literal["counter", "gauge", "histogram", "summary"] = Field(description="Prometheus metric type.")
-    description: str | None = Field(None, description="Help text.")
+    name: str = Field(examples=["deployment_duration"], description="Metric name.")
+    type: Literal["counter", "gauge", "histogram", "summary"] = Field(
+        examples=["histogram"], description="Prometheus metric type."
+    )
+    description: str | None = Field(None, examples=["Time taken for deployment"], description="Help text.")
 
 
 class WorkflowMetrics(Model):
     """Metrics collection for the run."""
 
-    enabled: bool = Field(True, description="Collect metrics.")
-    collectors: StrList = Field(default_factory=list, description="Where metrics go (prometheus, ...).")
+    enabled: bool = Field(True, examples=[True], description="Collect metrics.")
+    collectors: StrList = Field(
+        default_factory=list, examples=[["prometheus"]], description="Where metrics go (prometheus, ...)."
+    )
     custom_metrics: list[CustomMetric] = Field(
-        default_factory=list, description="Metrics the workflow defines."
+        default_factory=list,
+        examples=[[{"name": "success_rate", "type": "counter"}]],
+        description="Metrics the workflow defines.",
     )
 
 
@@ -375,48 +524,88 @@ class Workflow(Model):
     """A workflow file."""
 
     name: str = Field(
-        description="Workflow name (logs, runs, summary).", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+        examples=["basic-deployment"],
+        description="Workflow name (logs, runs, summary).",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$",
     )
-    description: str | None = Field(None, description="One line shown by `list`.")
-    version: str | None = Field(None, description="Version of the workflow file.")
-    author: str | None = Field(None, description="Who maintains it.")
-    documentation: str | None = Field(None, description="Link to further documentation.")
+    description: str | None = Field(
+        None, examples=["Deploy multiple services in sequence"], description="One line shown by `list`."
+    )
+    version: str | None = Field(None, examples=["1.2.0"], description="Version of the workflow file.")
+    author: str | None = Field(None, examples=["DevOps Team"], description="Who maintains it.")
+    documentation: str | None = Field(
+        None, examples=["https://wiki.example.com/deploy"], description="Link to further documentation."
+    )
     parameters: Annotated[list[Parameter], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Values the caller passes."
+        default_factory=list,
+        examples=[[{"name": "environment", "default": "staging"}]],
+        description="Values the caller passes.",
     )
     variables: dict[str, Any] = Field(
         default_factory=dict,
+        examples=[{"namespace": "{{ .environment }}-services"}],
         description="Derived values (templates may use parameters and earlier variables).",
     )
     conditions: Annotated[list[NamedExpression], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Named booleans usable as `{{ .name }}`."
+        default_factory=list,
+        examples=[[{"name": "is_production", "expression": "{{ .environment == 'production' }}"}]],
+        description="Named booleans usable as `{{ .name }}`.",
     )
     validation: Annotated[list[ValidationRule], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Expressions checked before any step (exit 3 when false)."
+        default_factory=list,
+        examples=[[{"name": "env", "expression": "{{ .environment }}", "message": "give -e"}]],
+        description="Expressions checked before any step (exit 3 when false).",
     )
     prerequisites: Annotated[list[Prerequisite], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Commands checked before any step (exit 2 when failing)."
+        default_factory=list,
+        examples=[[{"name": "tool", "command": "command -v kubectl"}]],
+        description="Commands checked before any step (exit 2 when failing).",
     )
     steps: list[Step] = Field(
-        description="The steps, run in order (groups may run their children in parallel)."
+        examples=[[{"name": "check", "command": "./health.sh"}]],
+        description="The steps, run in order (groups may run their children in parallel).",
     )
     on_failure: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run when the run failed (after rollback)."
+        default_factory=list,
+        examples=[[{"command": "./rollback.sh"}]],
+        description="Steps run when the run failed (after rollback).",
     )
     on_success: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
-        default_factory=list, description="Steps run when every step succeeded."
+        default_factory=list,
+        examples=[[{"command": "./notify.sh ok"}]],
+        description="Steps run when every step succeeded.",
     )
-    post_execution: PostExecution | None = Field(None, description="Steps run at the very end.")
-    rollback: Rollback | None = Field(None, description="How a failed run is undone.")
-    error_handling: ErrorHandling = Field(default_factory=ErrorHandling, description="Failure strategy.")
-    recovery: Recovery | None = Field(None, description="Recovery strategies.")
+    post_execution: PostExecution | None = Field(
+        None, examples=[{"failure": [{"command": "./debug.sh"}]}], description="Steps run at the very end."
+    )
+    rollback: Rollback | None = Field(
+        None,
+        examples=[{"steps": [{"command": "./switch.sh blue"}]}],
+        description="How a failed run is undone.",
+    )
+    error_handling: ErrorHandling = Field(
+        default_factory=ErrorHandling, examples=[{"strategy": "fail_fast"}], description="Failure strategy."
+    )
+    recovery: Recovery | None = Field(None, examples=[{"strategies": []}], description="Recovery strategies.")
     circuit_breakers: dict[str, CircuitBreaker] = Field(
-        default_factory=dict, description="Named circuit breakers."
+        default_factory=dict,
+        examples=[{"database_operations": {"failure_threshold": 5}}],
+        description="Named circuit breakers.",
     )
-    resource_limits: ResourceLimits | None = Field(None, description="Limits on the whole run.")
-    notifications: Notifications | None = Field(None, description="Notification channels and events.")
-    monitoring: Monitoring | None = Field(None, description="Monitoring switches and alerts.")
-    metrics: WorkflowMetrics | None = Field(None, description="Metrics collection.")
+    resource_limits: ResourceLimits | None = Field(
+        None, examples=[{"max_parallel": 5}], description="Limits on the whole run."
+    )
+    notifications: Notifications | None = Field(
+        None,
+        examples=[{"channels": ["slack"], "events": ["failed"]}],
+        description="Notification channels and events.",
+    )
+    monitoring: Monitoring | None = Field(
+        None, examples=[{"alert_on_failure": True}], description="Monitoring switches and alerts."
+    )
+    metrics: WorkflowMetrics | None = Field(
+        None, examples=[{"collectors": ["prometheus"]}], description="Metrics collection."
+    )
 
     @field_validator("version", mode="before")
     @classmethod

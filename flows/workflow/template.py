@@ -419,6 +419,18 @@ def _ast(jinja: str) -> nodes.Template:
     return _PLAIN.parse(jinja)
 
 
+def _check_names(tree: nodes.Template) -> None:
+    for node in tree.find_all(nodes.Filter):
+        if node.name not in _PLAIN.filters:
+            hint = difflib.get_close_matches(node.name, list(_PLAIN.filters), n=1)
+            raise ValidationError(
+                f"unknown filter `{node.name}`" + (f" — did you mean `{hint[0]}`?" if hint else "")
+            )
+    for node in tree.find_all(nodes.Test):
+        if node.name not in _PLAIN.tests:
+            raise ValidationError(f"unknown test `is {node.name}`")
+
+
 @contextmanager
 def _reporting(where: str | None, source: str, context: Mapping[str, Any]) -> Iterator[None]:
     """Turn whatever a user's template does wrong into one ValidationError."""
@@ -492,9 +504,10 @@ def compile_template(source: str, *, where: str | None = None, line: int | None 
     """Translate and compile `source`; syntax errors and unsupported constructs are raised now."""
     with _reporting(where, source, {}):
         jinja, expr = _translate(source)
-        _compiled(jinja, False)
-        if expr is not None:
-            _expression(expr)
+        # Parse only: code generation waits for the first render, so validating a large file
+        # stays fast. What the code generator would refuse (unknown filters and tests) is
+        # checked on the parse tree instead.
+        _check_names(_ast(jinja))
         template = Template(source, line, where, jinja, expr)
         unset = sorted(n for n in template.names() if n.startswith("_v_"))
         if unset:
