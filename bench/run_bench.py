@@ -40,22 +40,31 @@ def best(repeat: int, argv: list[str] | str, **kwargs) -> float:
 
 def write_inputs(folder: Path) -> dict[str, Path]:
     wide = "\n".join(f"      - name: s{i:03d}\n        command: sleep 0.1" for i in range(100))
-    (folder / "wide.yaml").write_text(f"name: wide\nsteps:\n  - name: all\n    parallel: true\n    steps:\n{wide}\n")
+    (folder / "wide.yaml").write_text(
+        f"name: wide\nsteps:\n  - name: all\n    parallel: true\n    steps:\n{wide}\n"
+    )
     (folder / "one.yaml").write_text("name: one\nsteps:\n  - name: hello\n    command: echo hello\n")
     big = "\n".join(
         f"  - name: s{i:03d}\n    command: echo {{{{ .environment }}}} {i} --tag {{{{ .tag }}}}\n"
-        f"    timeout: 5\n    retry: {{attempts: 2, delay: 1s}}" + (f"\n    depends_on: [s{i - 1:03d}]" if i else "")
+        f"    timeout: 5\n    retry: {{attempts: 2, delay: 1s}}"
+        + (f"\n    depends_on: [s{i - 1:03d}]" if i else "")
         for i in range(200)
     )
-    (folder / "v200.yaml").write_text(f"name: v200\nparameters:\n  - name: tag\n    default: v1\nsteps:\n{big}\n")
+    (folder / "v200.yaml").write_text(
+        f"name: v200\nparameters:\n  - name: tag\n    default: v1\nsteps:\n{big}\n"
+    )
     (folder / "hello.py").write_text(
         "from prefect import flow\n\n@flow\ndef hello():\n    print('hello')\n\nif __name__ == '__main__':\n    hello()\n"
     )
-    return {name: folder / f"{name}.yaml" for name in ("wide", "one", "v200")} | {"hello": folder / "hello.py"}
+    return {name: folder / f"{name}.yaml" for name in ("wide", "one", "v200")} | {
+        "hello": folder / "hello.py"
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the best is kept")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -79,7 +88,9 @@ def main() -> None:
         hello = best(args.repeat, [PYTHON, str(files["hello"])], env=ephemeral_env)
         hello_server = best(args.repeat, [PYTHON, str(files["hello"])], env=server_env)
         rows.append(("cold run, 1-step workflow", "hello-world flow (ephemeral)", cold, hello, 0.4, "≤"))
-        rows.append(("cold run, 1-step workflow", "hello-world flow (same server)", cold, hello_server, None, ""))
+        rows.append(
+            ("cold run, 1-step workflow", "hello-world flow (same server)", cold, hello_server, None, "")
+        )
 
         validate = best(args.repeat, [*opsflow, "validate", "-q", str(files["v200"])], env=base_env)
         imports = best(args.repeat, [PYTHON, "-c", "import yaml, pydantic"])
@@ -89,10 +100,14 @@ def main() -> None:
     results = []
     for name, baseline, ours, theirs, goal, op in rows:
         ratio = ours / theirs
-        met = "" if goal is None else (" met" if (ratio <= goal if op == "≤" else ratio < goal) else " MISSED")
+        met = (
+            "" if goal is None else (" met" if (ratio <= goal if op == "≤" else ratio < goal) else " MISSED")
+        )
         goal_text = "-" if goal is None else f"{op} {goal:g}×{met}"
         print(f"{name:<32} {baseline:<34} {ours:>8.2f}s {theirs:>8.2f}s {ratio:>6.2f}×  {goal_text}")
-        results.append({"benchmark": name, "baseline": baseline, "opsflow_s": ours, "baseline_s": theirs, "ratio": ratio})
+        results.append(
+            {"benchmark": name, "baseline": baseline, "opsflow_s": ours, "baseline_s": theirs, "ratio": ratio}
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if shutil.which("nproc"):

@@ -6,6 +6,7 @@ Errors become one line and the exit code of seed 003; only this module turns the
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -258,7 +259,7 @@ def list_workflows(
             continue
         console.out(f"{entry['name']}  ({Path(entry['file']).name})  {entry['description'] or ''}".rstrip())
         for p in entry["parameters"]:
-            default = "" if p["default"] is None else f" = {p['default']!r}"
+            default = "" if p["default"] is None else f" = {json.dumps(p['default'])}"
             need = " (required)" if p["required"] else ""
             console.out(
                 f"    --set {p['name']}: {p['type']}{default}{need}  {p['description'] or ''}".rstrip()

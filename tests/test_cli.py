@@ -132,7 +132,9 @@ def opsflow(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_run_success_log_format_and_json(tmp_path):
     wf = tmp_path / "wf.yaml"
     pwned = tmp_path / "pwned"
-    wf.write_text("name: cli-run\nparameters:\n  - name: msg\nsteps:\n  - name: say\n    command: echo said {{ .msg }}\n")
+    wf.write_text(
+        "name: cli-run\nparameters:\n  - name: msg\nsteps:\n  - name: say\n    command: echo said {{ .msg }}\n"
+    )
     done = opsflow("run", str(wf), "--set", f"msg=hi; touch {pwned}", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -151,7 +153,9 @@ def test_run_exit_codes(tmp_path):
     assert done.returncode == 1
     assert "boom" in done.stdout and "Failed" in done.stdout
     pre = tmp_path / "pre.yaml"
-    pre.write_text("name: p\nprerequisites:\n  - name: needs_tool\n    command: 'false'\nsteps:\n  - command: 'true'\n")
+    pre.write_text(
+        "name: p\nprerequisites:\n  - name: needs_tool\n    command: 'false'\nsteps:\n  - command: 'true'\n"
+    )
     done = opsflow("run", str(pre))
     assert done.returncode == 2
     assert "prerequisite `needs_tool` failed" in done.stderr

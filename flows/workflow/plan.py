@@ -36,6 +36,16 @@ class StepPlan:
     priority: int | None
     limit: int | None  # groups: children at once
     unenforced: tuple[str, ...] = ()
+    hooks: dict[str, list[HookPlan]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HookPlan:
+    """A hook, prerequisite or rollback step with its command as it would run."""
+
+    id: str
+    text: str
+    deferred: bool  # reads `.outputs`: rendered when it runs
 
 
 @dataclass
@@ -44,11 +54,12 @@ class Plan:
     environment: str
     parameters: dict[str, Any]
     steps: list[StepPlan]
-    hooks: dict[str, list[str]]
+    hooks: dict[str, list[HookPlan]]
     parallel: int
     strategy: str
     unenforced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    prerequisites: list[HookPlan] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,7 +189,17 @@ def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, paralle
         environment=str(context.get("environment")),
         parameters=bound.parameters,
         steps=steps,
-        hooks={section: [h.id for h in hooks] for section, hooks in graph.sections.items() if hooks},
+        hooks={
+            section: [plan_hook(loaded, h, context) for h in hooks]
+            for section, hooks in graph.sections.items()
+            if hooks
+        },
+        prerequisites=[
+            plan_hook(
+                loaded, Hook(p.name, Step(name=p.name, command=p.command), ("prerequisites", i)), context
+            )
+            for i, p in enumerate(spec.prerequisites)
+        ],
         parallel=effective_parallel(spec, parallel),
         strategy=spec.error_handling.strategy,
         unenforced=unenforced,
@@ -225,7 +246,16 @@ def _plan_node(
         priority=graph.inherited(node.id, "priority"),  # type: ignore[arg-type]
         limit=graph.group_limit(node.id) if step.is_group else None,
         unenforced=tuple(unenforced_step_fields(step)),
+        hooks={
+            section: [plan_hook(loaded, h, context) for h in hooks] for section, hooks in node.hooks.items()
+        },
     )
+
+
+def plan_hook(loaded: LoadedWorkflow, hook: Hook, context: dict[str, Any]) -> HookPlan:
+    deferred = reads_outputs(loaded, hook.step, hook.loc, ("command", "script"))
+    text = step_text(hook.step) if deferred else render_step(loaded, hook.step, hook.loc, context)
+    return HookPlan(id=hook.id, text=text, deferred=deferred)
 
 
 def hook_steps(graph: Graph, section: str) -> list[Hook]:

@@ -45,15 +45,16 @@ class CommandFailed(Exception):
     """A step's command exited non-zero or timed out (raised inside the task so Prefect retries)."""
 
     def __init__(
-        self, step: str, exit_code: int, timed_out: bool, attempt: int, timeout: float | None
+        self,
+        step: str,
+        exit_code: int,
+        timed_out: bool,
+        attempt: int,
+        timeout: float | None,
+        duration: float = 0.0,
     ) -> None:
-        self.step, self.exit_code, self.timed_out, self.attempt, self.timeout = (
-            step,
-            exit_code,
-            timed_out,
-            attempt,
-            timeout,
-        )
+        self.step, self.exit_code, self.timed_out = step, exit_code, timed_out
+        self.attempt, self.timeout, self.duration = attempt, timeout, duration
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -69,7 +70,10 @@ class CommandFailed(Exception):
         return str(self)
 
     def __reduce__(self) -> tuple:
-        return (CommandFailed, (self.step, self.exit_code, self.timed_out, self.attempt, self.timeout))
+        return (
+            CommandFailed,
+            (self.step, self.exit_code, self.timed_out, self.attempt, self.timeout, self.duration),
+        )
 
 
 @task(name="step", cache_policy=NO_CACHE, persist_result=False)
@@ -94,7 +98,7 @@ def run_step(
         on_line=lambda stream, line: logger.info(line if stream == "stdout" else f"stderr| {line}"),
     )
     if not result.ok:
-        raise CommandFailed(step_id, result.exit_code, result.timed_out, attempt, timeout)
+        raise CommandFailed(step_id, result.exit_code, result.timed_out, attempt, timeout, result.duration)
     return {"exit_code": 0, "stdout": result.stdout, "attempts": attempt, "duration": result.duration}
 
 
@@ -236,7 +240,7 @@ class WorkflowRun:
                     "TimedOut" if value.timed_out else "Failed",
                     section,
                     value.attempt,
-                    0.0,
+                    value.duration,
                     value.exit_code,
                     str(value),
                 )
@@ -412,7 +416,10 @@ def _run(
     deadline = time.monotonic() + parse_duration(timeout) if timeout else None
     run = WorkflowRun(loaded, graph, bound.context, summary, deadline)
 
-    _check_prerequisites(run)
+    unmet = _unmet_prerequisite(run)
+    if unmet:
+        run.logger.error(unmet)
+        return _finish(summary, failed_main=[], unmet=unmet)
     strategy = "continue_on_error" if continue_on_error else loaded.spec.error_handling.strategy
     dispatcher = Dispatcher(
         graph,
@@ -439,23 +446,24 @@ def _run(
     return _finish(summary, failed_main=[s.step for s in failed])
 
 
-def _check_prerequisites(run: WorkflowRun) -> None:
+def _unmet_prerequisite(run: WorkflowRun) -> str | None:
+    """Run the prerequisites in order; the message of the first that fails, if any."""
     spec = run.loaded.spec
     for index, pre in enumerate(spec.prerequisites):
         step = Step(name=pre.name, command=pre.command, timeout=pre.timeout)
         outcome = run.run_one(Hook(pre.name, step, ("prerequisites", index)), "prerequisites")
         if outcome.failed:
-            summary = run.summary
-            summary.state, summary.exit_code = "Failed", DependencyError.exit_code
-            summary.message = f"prerequisite `{pre.name}` failed: {outcome.reason}"
-            summary.finished = time.time()
-            raise DependencyError(summary.message, where=run.loaded.where(("prerequisites", index)))
+            where = run.loaded.where(("prerequisites", index))
+            return f"{where}: prerequisite `{pre.name}` failed: {outcome.reason}"
+    return None
 
 
-def _finish(summary: RunSummary, failed_main: list[str]) -> State:
+def _finish(summary: RunSummary, failed_main: list[str], unmet: str | None = None) -> State:
     summary.finished = time.time()
     hook_failures = [s.step for s in summary.steps if s.failed and s.step not in failed_main]
-    if failed_main or hook_failures:
+    if unmet:
+        summary.state, summary.exit_code, summary.message = "Failed", DependencyError.exit_code, unmet
+    elif failed_main or hook_failures:
         summary.state, summary.exit_code = "Failed", StepFailure.exit_code
         parts = []
         if failed_main:

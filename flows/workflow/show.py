@@ -6,7 +6,7 @@ import json
 import shutil
 import sys
 
-from flows.workflow.plan import Plan
+from flows.workflow.plan import HookPlan, Plan
 from flows.workflow.report import RunSummary
 from flows.workflow.units import format_duration
 
@@ -21,6 +21,9 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
             f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in plan.parameters.items()
         )
         lines.append(f"parameters: {shown}")
+    if plan.prerequisites:
+        lines.append("prerequisites (exit 2 if one fails):")
+        lines.extend(_hook_lines(plan.prerequisites, "  "))
     for index, step in enumerate(plan.steps):
         indent = "  " * (step.depth + 1)
         facts = []
@@ -51,14 +54,28 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
             prefix = "(rendered at run time) " if step.deferred else ""
             for n, text_line in enumerate(step.text.rstrip("\n").splitlines() or [""]):
                 lines.append(f"{indent}  {'$' if n == 0 else ' '} {prefix if n == 0 else ''}{text_line}")
+        for section, hooks in step.hooks.items():
+            lines.append(f"{indent}  {section}:")
+            lines.extend(_hook_lines(hooks, indent + "    "))
         del index
     for section, hooks in plan.hooks.items():
-        lines.append(f"{section.replace('_', ' ')}: {', '.join(hooks)}")
+        lines.append(f"{section.replace('post_', 'post_execution.').replace('_', ' ')}:")
+        lines.extend(_hook_lines(hooks, "  "))
     if plan.unenforced:
         lines.append("accepted, not yet enforced: " + "; ".join(plan.unenforced))
     for warning in plan.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _hook_lines(hooks: list[HookPlan], indent: str) -> list[str]:
+    lines = []
+    for hook in hooks:
+        lines.append(f"{indent}{hook.id}")
+        prefix = "(rendered at run time) " if hook.deferred else ""
+        for n, text_line in enumerate(hook.text.rstrip("\n").splitlines() or [""]):
+            lines.append(f"{indent}  {'$' if n == 0 else ' '} {prefix if n == 0 else ''}{text_line}")
+    return lines
 
 
 def summary_table(summary: RunSummary) -> str:

@@ -36,12 +36,12 @@ _TOKEN = re.compile(
     |(?P<op>:=|==|!=|<=|>=|//|\*\*|.)""",
     re.X | re.S,
 )
-# Things that open a tag; Go comments, `{% raw %}` blocks, `{% %}` and `{# #}` are copied whole.
-_OPEN = re.compile(
-    r"\{\{(-?)\s*/\*.*?\*/\s*(-?)\}\}|\{\{|\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}"
-    r"|\{%.*?%\}|\{#.*?#\}",
-    re.S,
-)
+# Only `{{ }}` is template syntax in a workflow file: `{%` and `{#` are plain text (awk and
+# printf write `{%s`). Control blocks are written Go-style, `{{ if }}`, and translated to
+# Jinja blocks with delimiters no YAML text can contain (YAML refuses NUL characters).
+_OPEN = re.compile(r"\{\{(-?)\s*/\*.*?\*/\s*(-?)\}\}|\{\{", re.S)
+_BLOCK = ("\x00%", "%\x00")
+_COMMENT = ("\x00#", "#\x00")
 # Finds the `}}` closing an action while stepping over string literals that may contain it.
 _ACTION_END = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`|\}\}""", re.S)
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
@@ -272,7 +272,7 @@ def _translate(source: str) -> tuple[str, str | None]:
         if m.group() != "{{":
             lone = False
             go_comment = m.group().startswith("{{")
-            out.append(f"{{#{m.group(1)} {m.group(2)}#}}" if go_comment else m.group())
+            out.append(f"{_COMMENT[0]}{m.group(1)} {m.group(2)}{_COMMENT[1]}" if go_comment else m.group())
             continue
         close = next((c for c in _ACTION_END.finditer(source, pos) if c.group() == "}}"), None)
         if close is None:
@@ -285,10 +285,10 @@ def _translate(source: str) -> tuple[str, str | None]:
         first, dots = toks[0], [d for _, d in stack if d]
         if first.kind == "name" and first.text in _CONTROL and (len(toks) == 1 or toks[1].spaced):
             lone = False
-            out.append(f"{{%{lt} {_control(first.text, toks[1:], stack)} {rt}%}}")
+            out.append(f"{_BLOCK[0]}{lt} {_control(first.text, toks[1:], stack)} {rt}{_BLOCK[1]}")
         elif first.kind == "var" and len(toks) > 2 and toks[1].text in (":=", "="):
             lone = False
-            out.append(f"{{%{lt} set {_emit(first, dots)} = {_expr(toks[2:], dots)} {rt}%}}")
+            out.append(f"{_BLOCK[0]}{lt} set {_emit(first, dots)} = {_expr(toks[2:], dots)} {rt}{_BLOCK[1]}")
         else:
             exprs.append(_expr(toks, dots))
             out.append(f"{{{{{lt} {exprs[-1]} {rt}}}}}")
@@ -392,7 +392,14 @@ class _Undefined(jinja2.StrictUndefined):
 
 def _env(finalize: Any) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
-        undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=finalize
+        undefined=_Undefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=finalize,
+        block_start_string=_BLOCK[0],
+        block_end_string=_BLOCK[1],
+        comment_start_string=_COMMENT[0],
+        comment_end_string=_COMMENT[1],
     )
     env.globals.update(join=_join, fromJSON=_from_json, toJSON=_to_json)
     env.globals.update(_values=_values, _pairs=_pairs)
@@ -516,4 +523,4 @@ def compile_template(source: str, *, where: str | None = None, line: int | None 
 
 
 def is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
+    return isinstance(value, str) and "{{" in value

@@ -42,7 +42,9 @@ def test_jitter_stays_within_its_fraction_and_varies():
 def _plan(path, env="staging", sets=None):
     loaded = load_workflow(path)
     analysis = analyse(loaded)
-    bound = bind(loaded, sets or {}, environment=env, default_environment="development", workflow_id="<workflow_id>")
+    bound = bind(
+        loaded, sets or {}, environment=env, default_environment="development", workflow_id="<workflow_id>"
+    )
     return plan_workflow(loaded, analysis.graph, bound, parallel=4)
 
 

@@ -193,10 +193,11 @@ prerequisites:
 steps:
   - command: 'true'
 """)
-    state, value = run(path)
+    state, summary = run(path)
     assert state.is_failed()
-    assert isinstance(value, DependencyError)
-    assert value.exit_code == 2 and "tool_present" in str(value)
+    assert summary["exit_code"] == DependencyError.exit_code == 2
+    assert "prerequisite `tool_present` failed" in summary["message"]
+    assert states(summary) == {"tool_present": "Failed"}  # no step ran
 
 
 def test_workflow_timeout(write_workflow):

@@ -77,10 +77,13 @@ RENDERS = [
     ("{{ environment }}", False, "production"),
     ("{{ environment | upper }}", False, "PRODUCTION"),
     ("{{ missing | default('staging') }}", False, "staging"),
-    ("{% if is_production %}prod{% else %}dev{% endif %}", False, "prod"),
-    ("{% for s in services %}[{{ s }}]{% endfor %}", False, "[api][database]"),
+    ("{{ if .is_production }}prod{{ else }}dev{{ end }}", False, "prod"),
+    # `{%` and `{#` are plain text in workflow files (awk and printf write them)
+    ("printf '{%s}' {{ .environment }}", True, "printf '{%s}' production"),
+    ("awk '{# not a comment #}'", False, "awk '{# not a comment #}'"),
+    ("{{ range .services }}[{{ . }}]{{ end }}", False, "[api][database]"),
     ("{{ services | join(',') }}", False, "api,database"),
-    ("{% raw %}{{ .kept }}{% endraw %}", False, "{{ .kept }}"),
+    ("{% raw %}{{ '{{' }} .kept }}{% endraw %}", False, "{% raw %}{{ .kept }}{% endraw %}"),
     # Go control actions and functions
     ("{{ if .is_production }}prod{{ else }}dev{{ end }}", False, "prod"),
     ('{{ if eq .environment "staging" }}s{{ else if ne .environment "x" }}p{{ end }}', False, "p"),
@@ -168,7 +171,7 @@ TRUTHS = [
     ("{{ .flag }}", context(flag="false"), False),
     ("{{ .flag }}", context(flag="yes"), True),
     ("{{ .environment }}", CTX, True),
-    ("{% if is_production %}true{% endif %}", CTX, True),
+    ("{{ if .is_production }}true{{ end }}", CTX, True),
     ("{{ if .is_production }} On {{ end }}", CTX, True),
     ("{{ if .is_production }}no{{ end }}", CTX, False),
     ("{{ if .is_production }}yes{{ end }}", context(is_production=False), False),
@@ -206,7 +209,8 @@ COMPILE_ERRORS = [
     ("{{ .environment ", ["never closed"]),
     ("{{ (.environment }}", ["unclosed `(`"]),
     ("{{ environment | }}", ["syntax error"]),
-    ("{% if %}x{% endif %}", ["syntax error"]),
+    ("{{ if }}x{{ end }}", ["needs an expression"]),
+    ("{{ if .a + }}x{{ end }}", ["syntax error"]),
     ("{{ .services | nosuchfilter }}", ["nosuchfilter"]),
 ]
 
@@ -259,7 +263,7 @@ def test_render_errors(source: str, ctx: dict[str, Any], words: list[str], metho
 
 @pytest.mark.parametrize("rendered", ["maybe", "production-services", "2"])
 def test_truth_rejects_text_that_is_not_a_boolean(rendered: str) -> None:
-    template = compile_template(f"{{% if is_production %}}{rendered}{{% endif %}}")
+    template = compile_template(f"{{{{ if .is_production }}}}{rendered}{{{{ end }}}}")
     expected = f"condition rendered '{rendered}' — expected true or false"
     with pytest.raises(ValidationError, match=expected):
         template.truth(CTX)
@@ -278,7 +282,7 @@ NAMES = [
     ('{{ index .outputs "health" }} {{ outputs.disk }}', {"outputs"}, {"health", "disk"}),
     ("{{ join .services ',' }} {{ .environment }}", {"services", "environment"}, set()),
     ("{{ range $i, $s := .services }}{{ $s }}{{ .outputs.x }}{{ end }}", {"services"}, set()),
-    ("{% set x = 1 %}{% for s in services %}{{ s }}{{ x }}{% endfor %}", {"services"}, set()),
+    ("{{ $x := 1 }}{{ range $s := .services }}{{ $s }}{{ $x }}{{ end }}", {"services"}, set()),
     ("plain text", set(), set()),
 ]
 
@@ -323,7 +327,7 @@ def test_shell_quote(value: Any, expected: str) -> None:
     ("value", "expected"),
     [
         ("{{ .x }}", True),
-        ("{% if x %}{% endif %}", True),
+        ("{% if x %}{% endif %}", False),
         ("plain", False),
         (3, False),
         (None, False),
