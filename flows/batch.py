@@ -35,6 +35,11 @@ app.add_typer(server_app, name="server")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show debug lines.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings, errors and results.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]
+Env = Annotated[
+    str | None, typer.Option("--env", "-e", help="Target environment (the `environment` parameter).")
+]
+Parallel = Annotated[int | None, typer.Option(help="Most steps running at once.", min=1)]
 Sets = Annotated[
     list[str] | None,
     typer.Option(
@@ -121,10 +126,10 @@ def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int 
 
 @app.command()
 def plan(
-    file: Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)],
+    file: WorkflowFile,
     sets: Sets = None,
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Target environment.")] = None,
-    parallel: Annotated[int | None, typer.Option(help="Most steps at once.", min=1)] = None,
+    env: Env = None,
+    parallel: Parallel = None,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -143,15 +148,13 @@ def plan(
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)],
+    file: WorkflowFile,
     sets: Sets = None,
-    env: Annotated[
-        str | None, typer.Option("--env", "-e", help="Target environment (the `environment` parameter).")
-    ] = None,
+    env: Env = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the rendered plan and exit 10; run nothing.")
     ] = False,
-    parallel: Annotated[int | None, typer.Option(help="Most steps running at once.", min=1)] = None,
+    parallel: Parallel = None,
     continue_on_error: Annotated[
         bool,
         typer.Option("--continue-on-error", help="Keep running steps that do not depend on a failed one."),

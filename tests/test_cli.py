@@ -162,3 +162,23 @@ def test_run_exit_codes(tmp_path):
     done = opsflow("run", str(tmp_path / "missing.yaml"))
     assert done.returncode == 3 and "no such file" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", "tests/fixtures/seed001/basic-deployment.yaml"],
+        ["plan", "tests/fixtures/seed001/basic-deployment.yaml"],
+        ["list"],
+        ["run", "--dry-run", "tests/fixtures/seed001/basic-deployment.yaml"],
+    ],
+    ids=lambda a: a[0] if a[0] != "run" else "dry-run",
+)
+def test_pure_commands_do_not_import_prefect(args):
+    code = (
+        "import sys\nfrom flows.batch import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "print('prefect' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr

@@ -223,3 +223,88 @@ def test_summary_artifact_is_attached(write_workflow):
         )
     assert any(a.flow_run_id == state.state_details.flow_run_id for a in artifacts)
     assert artifacts[0].type == "table"
+
+
+def test_priority_and_global_parallel_limit(write_workflow, tmp_path):
+    order = tmp_path / "order"
+    steps = "\n".join(
+        f"      - name: p{p}\n        command: echo p{p} >> {order}\n        priority: {p}" for p in (3, 1, 2)
+    )
+    path = write_workflow(f"name: prio\nsteps:\n  - name: g\n    parallel: true\n    steps:\n{steps}\n")
+    state, _ = run(path, parallel=1)
+    assert state.is_completed()
+    assert order.read_text().split() == ["p1", "p2", "p3"]
+
+
+def test_resource_limits_max_parallel_serialises(write_workflow, tmp_path):
+    stamps = tmp_path / "stamps"
+    steps = "\n".join(
+        f"      - name: s{i}\n        command: echo start >> {stamps}; sleep 0.3; echo end >> {stamps}"
+        for i in range(3)
+    )
+    path = write_workflow(
+        f"name: mp\nresource_limits:\n  max_parallel: 1\nsteps:\n  - name: g\n    parallel: true\n    steps:\n{steps}\n"
+    )
+    state, _ = run(path, parallel=8)
+    assert state.is_completed()
+    assert stamps.read_text().split() == ["start", "end"] * 3
+
+
+def test_strategies_from_the_file_and_success_hooks(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    counter = tmp_path / "n"
+    path = write_workflow(f"""
+name: s
+error_handling:
+  strategy: retry
+  max_retries: 2
+  retry_delay: 0.1
+steps:
+  - name: flaky
+    command: echo x >> {counter}; test $(wc -l < {counter}) -ge 2
+    on_success:
+      - command: echo step-success >> {log}
+on_success:
+  - command: echo wf-success >> {log}
+post_execution:
+  success:
+    - command: echo post-success >> {log}
+""")
+    state, summary = run(path)
+    assert state.is_completed(), summary
+    assert log.read_text().split() == ["step-success", "wf-success", "post-success"]
+    assert next(s for s in summary["steps"] if s["step"] == "flaky")["attempts"] == 2
+
+    path = write_workflow(
+        "name: c\nerror_handling:\n  strategy: continue_on_error\nsteps:\n"
+        "  - name: g\n    parallel: true\n    steps:\n      - name: bad\n        command: exit 3\n"
+        f"      - name: good\n        command: sleep 0.3; echo good >> {log}\n",
+        name="continue.yaml",
+    )
+    state, summary = run(path)
+    assert state.is_failed()
+    assert states(summary) == {"bad": "Failed", "good": "Completed"}
+
+
+def test_depends_on_across_groups(write_workflow, tmp_path):
+    order = tmp_path / "order"
+    path = write_workflow(f"""
+name: x
+steps:
+  - name: build
+    parallel: true
+    steps:
+      - name: slow
+        command: sleep 0.5; echo slow >> {order}
+      - name: fast
+        command: echo fast >> {order}
+  - name: ship
+    parallel: true
+    steps:
+      - name: after_slow
+        command: echo after_slow >> {order}
+        depends_on: [slow]
+""")
+    state, _ = run(path)
+    assert state.is_completed()
+    assert order.read_text().split() == ["fast", "slow", "after_slow"]
