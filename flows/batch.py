@@ -280,6 +280,8 @@ def reference(
     check: Annotated[
         bool, typer.Option("--check", help="Exit 3 if OUTPUT differs from the generated text.")
     ] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> int:
     """Generate the workflow-file reference (every key: type, default, meaning) from the schema."""
     from flows.workflow.reference import render_reference
@@ -291,7 +293,9 @@ def reference(
     if check:
         current = output.read_text() if output.exists() else ""
         if current != text:
-            Console().error(f"{output} is stale: run `python -m flows.batch reference -o {output}`")
+            Console(verbose=verbose, quiet=quiet).error(
+                f"{output} is stale: run `python -m flows.batch reference -o {output}`"
+            )
             return EXIT_CONFIG
         return EXIT_OK
     output.write_text(text)
@@ -299,7 +303,7 @@ def reference(
 
 
 @server_app.command("status")
-def server_status(json_output: Json = False) -> int:
+def server_status(json_output: Json = False, verbose: Verbose = False, quiet: Quiet = False) -> int:
     """Say which Prefect API local runs use."""
     from flows.local_server import configured_api_url, healthy, local_api_url
     from flows.settings import get_settings
@@ -315,11 +319,11 @@ def server_status(json_output: Json = False) -> int:
 
 
 @server_app.command("stop")
-def server_stop() -> int:
+def server_stop(verbose: Verbose = False, quiet: Quiet = False) -> int:
     """Stop the local Prefect server that opsflow started."""
     from flows.local_server import stop_server
 
-    Console.out(stop_server())
+    Console(verbose=verbose, quiet=quiet).info(stop_server())
     return EXIT_OK
 
 

@@ -28,10 +28,18 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("run", "validate", "plan", "list", "reference", "server"):
         assert command in out
-    for command in ("run", "validate", "plan", "list"):
-        assert cli(command, "--help") == 0
+    for command in (
+        ["run"],
+        ["validate"],
+        ["plan"],
+        ["list"],
+        ["reference"],
+        ["server", "status"],
+        ["server", "stop"],
+    ):
+        assert cli(*command, "--help") == 0
         text = capsys.readouterr().out
-        assert "--verbose" in text and "--quiet" in text
+        assert "--verbose" in text and "--quiet" in text, command
 
 
 def test_validate_ok_and_json(capsys):

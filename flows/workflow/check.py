@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from flows.errors import ValidationError
@@ -85,8 +86,10 @@ def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
                 where=loaded.where(loc),
             )
         for name in sorted(template.names() - known):
+            hint = difflib.get_close_matches(name, sorted(known), n=1)
             warnings.append(
-                f"{loaded.where(loc)}: `.{name}` is not declared; it must be given with --set {name}=..."
+                f"{loaded.where(loc)}: `.{name}` is not declared"
+                + (f" — did you mean `.{hint[0]}`?" if hint else f"; it must be given with --set {name}=...")
             )
     return warnings
 
