@@ -17,6 +17,7 @@ import typer
 
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
+from flows.files.cli import files_app
 
 app = typer.Typer(
     name="opsflow",
@@ -31,6 +32,7 @@ server_app = typer.Typer(
     help="The local Prefect server opsflow reuses for fast local runs.", no_args_is_help=True
 )
 app.add_typer(server_app, name="server")
+app.add_typer(files_app, name="files")
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show debug lines.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings, errors and results.")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ SAMPLES = ROOT / "deployments" / "workflows"
 os.environ["OPSFLOW_SERVER"] = "reuse"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.pop("PREFECT_API_URL", None)
+# Records (and anything else opsflow keeps in its home) go to a throwaway directory.
+os.environ["OPSFLOW_HOME"] = tempfile.mkdtemp(prefix="opsflow-test-home-")
+os.environ.pop("OPSFLOW_DATABASE_URL", None)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +36,11 @@ def prefect_api():
             yield url
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+# Records (and anything else opsflow keeps in its home) go to a throwaway directory.
+os.environ["OPSFLOW_HOME"] = tempfile.mkdtemp(prefix="opsflow-test-home-")
+os.environ.pop("OPSFLOW_DATABASE_URL", None)
 
 
 @pytest.fixture

@@ -52,12 +52,16 @@ class CommandResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-def shell_argv(text: str, shell: str | None) -> tuple[list[str], Path | None]:
+def shell_argv(text: str | list[str], shell: str | None) -> tuple[list[str], Path | None]:
     """The argv that runs `text`, and a temporary script file to delete afterwards, if any.
+
+    A list is an argv already and runs without a shell.
 
     `bash` runs as GitHub Actions runs it (`-eo pipefail`, no profile), so a failing line
     in a multi-line command fails the step instead of being ignored.
     """
+    if isinstance(text, list):
+        return list(text), None
     if text.startswith("#!"):
         interpreter = text.splitlines()[0][2:].split()
         fd, name = tempfile.mkstemp(prefix="opsflow-", suffix=".script")
@@ -74,7 +78,7 @@ def shell_argv(text: str, shell: str | None) -> tuple[list[str], Path | None]:
 
 
 def run_command(
-    text: str,
+    text: str | list[str],
     *,
     shell: str | None = None,
     timeout: float | None = None,

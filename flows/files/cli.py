@@ -1,0 +1,375 @@
+"""`python -m flows.batch files ...`: batch file processing from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flows.console import Console
+from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
+
+files_app = typer.Typer(
+    help="Batch file processing: run, dead-letter queue, history, reports.", no_args_is_help=True
+)
+dlq_app = typer.Typer(help="The dead-letter queue: files that failed every processor.", no_args_is_help=True)
+files_app.add_typer(dlq_app, name="dlq")
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show debug lines.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings, errors and results.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def split_fallbacks(values: list[str] | None) -> list[str]:
+    """`--fallback a,b` or repeated `--fallback`; a value that does not split into valid
+    processors (a command containing commas) is one processor."""
+    from flows.files.processors import parse_processor
+
+    result: list[str] = []
+    for value in values or []:
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            if len(parts) > 1:
+                for part in parts:
+                    parse_processor(part)
+                result.extend(parts)
+                continue
+        except ValidationError:
+            pass
+        result.append(value)
+    return result
+
+
+@files_app.command("run")
+def run(
+    inputs: Annotated[list[str], typer.Argument(help="Directories, files or globs.", show_default=False)],
+    processor: Annotated[
+        str,
+        typer.Option(
+            "--processor",
+            "-p",
+            help="Command with {input}/{output}/{name}, module:function, or records:SCHEMA.json.",
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Directory for outputs (mirrors the input tree).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="sequential, parallel or queue.")] = "parallel",
+    workers: Annotated[int, typer.Option(help="Files processed at once.", min=1)] = 2,
+    retries: Annotated[int, typer.Option(help="Retries per file before the fallbacks.", min=0)] = 2,
+    retry_delay: Annotated[
+        float, typer.Option(help="First retry delay in seconds (doubles, ±25% jitter).", min=0)
+    ] = 1.0,
+    fallback: Annotated[
+        list[str] | None, typer.Option(help="Processors tried in order after the retries: P2,P3 or repeated.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Process files even when unchanged since a successful run.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be processed or skipped; exit 10.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds one attempt at one file may take.", min=0)] = 300.0,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Files per task (default: chosen from the batch size).", min=1)
+    ] = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Process files with retries, fallbacks and a dead-letter queue; unchanged files are skipped."""
+    console = Console("files", verbose=verbose, quiet=quiet)
+    try:
+        from flows.files.processors import parse_processor
+
+        fallbacks = split_fallbacks(fallback)
+        for spec in [processor, *fallbacks]:
+            parse_processor(spec)
+        if mode == "queue":
+            raise ValidationError("--mode queue is not available yet: use sequential or parallel")
+        if mode not in ("sequential", "parallel"):
+            raise ValidationError(f"--mode must be sequential, parallel or queue, not {mode!r}")
+        if (
+            output is not None
+            and "{output}" not in processor
+            and not processor.startswith("records:")
+            and ":" not in processor.split()[0]
+        ):
+            console.warning("--output is given but the processor template does not use {output}")
+        if dry_run:
+            return _dry_run(console, inputs, processor, fallbacks, output, force, json_output)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    from flows.batch import _configure_prefect_logging
+    from flows.local_server import ensure_api
+    from flows.settings import get_settings
+
+    settings = get_settings()
+    try:
+        ensure_api(settings.server, settings.server_port, console.info)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from flows.files.flow import process_files
+
+    state = process_files(
+        inputs=[str(Path(i).resolve()) if not any(c in i for c in "*?[") else i for i in inputs],
+        processor=processor,
+        output=str(output.resolve()) if output else None,
+        mode=mode,
+        workers=workers,
+        retries=retries,
+        retry_delay=retry_delay,
+        fallback=fallbacks,
+        force=force,
+        timeout=timeout or None,
+        chunk_size=chunk_size,
+        return_state=True,
+    )
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, OpsflowError):
+        return value.exit_code
+    if not isinstance(value, dict):
+        console.error(f"the flow run ended {state.name}: {state.message or value}")
+        return 1
+    _print_summary(console, value, json_output)
+    return 1 if value["dead_lettered"] else EXIT_OK
+
+
+def _print_summary(console: Console, summary: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        console.json(summary)
+        return
+    console.out(
+        f"job {summary['job_id'][:12]}: {summary['total']} files — {summary['processed']} processed, "
+        f"{summary['skipped']} unchanged, {summary['retried']} retried, {summary['fallback']} by fallback, "
+        f"{summary['dead_lettered']} dead-lettered in {summary['duration']:.1f}s"
+    )
+
+
+def _dry_run(
+    console: Console,
+    inputs: list[str],
+    processor: str,
+    fallbacks: list[str],
+    output: Path | None,
+    force: bool,
+    json_output: bool,
+) -> int:
+    from flows.files.discover import iter_inputs
+    from flows.files.flow import options_key
+    from flows.files.processors import parse_processor
+    from flows.files.work import fingerprint, output_path
+    from flows.records import files as store
+    from flows.records.db import session
+
+    proc = parse_processor(processor)
+    options = options_key(processor, fallbacks, str(output) if output else None)
+    plan: list[dict[str, str]] = []
+    with session() as db:
+        for item in iter_inputs(inputs):
+            print_ = fingerprint(item.path, proc.identity, options)
+            target = output_path(item, proc, output)
+            unchanged = (
+                not force
+                and print_ in store.completed_fingerprints(db, [print_])
+                and (target is None or target.exists())
+            )
+            plan.append(
+                {
+                    "input": str(item.path),
+                    "action": "skip (unchanged)" if unchanged else "process",
+                    "output": str(target or ""),
+                }
+            )
+    if not plan:
+        console.error(f"no input files in {', '.join(inputs)}")
+        return EXIT_CONFIG
+    if json_output:
+        console.json(plan)
+    else:
+        for entry in plan:
+            console.out(
+                f"{entry['action']:<17} {entry['input']}"
+                + (f" -> {entry['output']}" if entry["output"] else "")
+            )
+        todo = sum(1 for e in plan if e["action"] == "process")
+        console.out(f"{todo} to process, {len(plan) - todo} unchanged (dry run: nothing was processed)")
+    return EXIT_DRY_RUN
+
+
+@files_app.command("history")
+def history(
+    limit: Annotated[int, typer.Option(help="How many jobs.", min=1)] = 20,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Recent batch jobs, newest first."""
+    from flows.records import files as store
+    from flows.records.db import session
+
+    console = Console("files", verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            jobs = [_job_dict(j) for j in store.list_jobs(db, limit=limit)]
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    if json_output:
+        console.json(jobs)
+        return EXIT_OK
+    for job in jobs:
+        console.out(
+            f"{job['id'][:12]}  {job['created_at'][:19]}  {job['status']:<9} {job['total']:>6} files  "
+            f"{job['processed']} processed, {job['skipped']} unchanged, {job['dead_lettered']} dead-lettered"
+        )
+    if not jobs:
+        console.out("no batch jobs yet")
+    return EXIT_OK
+
+
+@files_app.command("report")
+def report(
+    job: Annotated[str, typer.Argument(help="Job id (or a unique prefix of it).")],
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """One job: its counters and each file's outcome."""
+    from flows.records import files as store
+    from flows.records.db import session
+
+    console = Console("files", verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            found = store.get_job(db, job)
+            if found is None:
+                raise ValidationError(f"no batch job {job!r} (see `files history`)")
+            data = _job_dict(found)
+            data["files"] = [
+                {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.model_dump().items()}
+                for r in store.job_results(db, found.id)
+            ]
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    if json_output:
+        console.json(data)
+        return EXIT_OK
+    console.out(json.dumps({k: v for k, v in data.items() if k != "files"}, indent=2, default=str))
+    for row in data["files"]:
+        console.out(
+            f"{row['status']:<13} {row['attempts']:>2}  {row['input_path']}"
+            + (f"  — {row['error']}" if row["error"] else "")
+        )
+    return EXIT_OK
+
+
+def _job_dict(job: Any) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in job.model_dump().items()}
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(help="How many items.", min=1)] = 100,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Files in the dead-letter queue."""
+    from flows.records import files as store
+    from flows.records.db import session
+
+    console = Console("files", verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            items = [_job_dict(i) for i in store.list_dead_letters(db, limit=limit)]
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    if json_output:
+        console.json(items)
+        return EXIT_OK
+    for item in items:
+        console.out(
+            f"{item['id']:>5}  retried {item['retry_count']}x  {item['input_path']}  — {item['error']}"
+        )
+    if not items:
+        console.out("the dead-letter queue is empty")
+    return EXIT_OK
+
+
+@dlq_app.command("show")
+def dlq_show(
+    item_id: Annotated[int, typer.Argument(help="Dead-letter item id.")],
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """One dead-letter item: error, attempts, processors tried, timestamps."""
+    from flows.records import files as store
+    from flows.records.db import session
+
+    console = Console("files", verbose=verbose, quiet=quiet)
+    with session() as db:
+        item = store.get_dead_letter(db, item_id)
+        data = _job_dict(item) if item else None
+    if data is None:
+        console.error(f"no dead-letter item {item_id} (see `files dlq list`)")
+        return EXIT_CONFIG
+    if json_output:
+        console.json(data)
+    else:
+        for key, value in data.items():
+            console.out(f"{key:>15}: {value}")
+    return EXIT_OK
+
+
+@dlq_app.command("reprocess")
+def dlq_reprocess(
+    ids: Annotated[list[int] | None, typer.Argument(help="Items to retry (default: all).")] = None,
+    processor: Annotated[
+        str | None, typer.Option("--processor", "-p", help="Use this processor instead of the item's.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds one attempt may take.", min=0)] = 300.0,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Retry dead-letter items: success removes an item, failure increments its retry count."""
+    from flows.batch import _configure_prefect_logging
+    from flows.local_server import ensure_api
+    from flows.settings import get_settings
+
+    console = Console("files", verbose=verbose, quiet=quiet)
+    settings = get_settings()
+    try:
+        ensure_api(settings.server, settings.server_port, console.info)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from flows.files.flow import reprocess_dead_letters
+
+    state = reprocess_dead_letters(
+        ids=ids or None, processor=processor, timeout=timeout or None, return_state=True
+    )
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, OpsflowError):
+        console.error(str(value))
+        return value.exit_code
+    if json_output:
+        console.json(value)
+    else:
+        for result in value["results"]:
+            console.out(
+                f"{result['id']:>5}  {result['status']}"
+                + (f"  — {result.get('error')}" if result.get("error") else "")
+            )
+        console.out(f"{value['resolved']} resolved, {value['failed']} failed again")
+    return 1 if value["failed"] else EXIT_OK

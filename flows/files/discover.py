@@ -1,0 +1,73 @@
+"""INPUT arguments (directories, files, globs) -> a stream of input files, never a full list.
+
+Paths are absolute, so a file named `-rf` can never be read as an option by a command, and
+each carries the root it was found under, so outputs mirror the input tree.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.errors import PermissionFailure, ValidationError
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path  # absolute
+    root: Path  # the directory it was found under (its parent for single files)
+
+    @property
+    def relative(self) -> Path:
+        return self.path.relative_to(self.root)
+
+
+def iter_inputs(inputs: Iterable[str], *, allowed_roots: Iterable[str] | None = None) -> Iterator[InputFile]:
+    """Every regular file named by `inputs`, depth first, sorted per directory, each once."""
+    roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots else None
+    seen_dirs: set[tuple[int, int]] = set()
+    for raw in inputs:
+        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+        if not matches:
+            raise ValidationError(f"no file matches {raw!r}")
+        for match in matches:
+            path = Path(match).resolve()
+            if roots is not None and not any(path == r or r in path.parents for r in roots):
+                raise PermissionFailure(f"{path} is outside the allowed roots ({', '.join(map(str, roots))})")
+            if path.is_dir():
+                yield from _walk(path, path, seen_dirs)
+            elif path.is_file():
+                yield InputFile(path, path.parent)
+            elif not path.exists():
+                raise ValidationError("no such file or directory", where=str(match))
+
+
+def _walk(directory: Path, root: Path, seen: set[tuple[int, int]]) -> Iterator[InputFile]:
+    try:
+        info = directory.stat()
+    except OSError as exc:
+        raise PermissionFailure(f"cannot read directory: {exc.strerror}", where=str(directory)) from None
+    key = (info.st_dev, info.st_ino)
+    if key in seen:  # a symlink loop, or the same directory named twice
+        return
+    seen.add(key)
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(entries, key=lambda e: e.name)
+    except PermissionError:
+        raise PermissionFailure("permission denied", where=str(directory)) from None
+    for entry in names:
+        if entry.name.startswith(".opsflow-"):  # our own temporary outputs
+            continue
+        if entry.is_dir(follow_symlinks=True):
+            yield from _walk(Path(entry.path), root, seen)
+        elif entry.is_file(follow_symlinks=True):
+            yield InputFile(Path(entry.path), root)
+
+
+def count_inputs(inputs: Iterable[str], **kwargs: object) -> int:
+    """How many files `iter_inputs` will yield (one cheap pass of directory listings)."""
+    return sum(1 for _ in iter_inputs(inputs, **kwargs))  # type: ignore[arg-type]

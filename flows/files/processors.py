@@ -1,0 +1,257 @@
+"""What turns one input file into one output: a small interface and its three kinds.
+
+- a command template: `gzip -c {input} > {output}` (`{input}`, `{output}`, `{name}` are
+  shell-quoted; a template without shell syntax runs without a shell, as xargs would);
+- a Python callable: `package.module:function` called as `function(input_path, output_path)`;
+- the built-in `records:SCHEMA.json`: JSON / JSON Lines / CSV records validated against a JSON
+  Schema and written as JSON Lines, with a per-record error report.
+
+Adding a kind means one class here and one branch in `parse_processor`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import io
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flows.errors import ValidationError
+from flows.workflow.shell import run_command
+
+SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\\"'*?\[\]#~=%{}\n]")
+MAX_ERROR_CHARS = 500
+
+
+class ProcessingFailed(Exception):
+    """One attempt at one file failed; the message says why in one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split())[:MAX_ERROR_CHARS])
+
+
+class Processor(Protocol):
+    identity: str  # stable text that changes whenever the output would: part of the content hash
+
+    def output_name(self, input_path: Path) -> str:
+        """The output file's name for this input (the directory is the batch's)."""
+        ...
+
+    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+        """Write `output.path` (temporary: renamed into place on success) or raise
+        ProcessingFailed; returns a short note for the record."""
+        ...
+
+
+@dataclass
+class Output:
+    """Where a processor writes: `path` is temporary and becomes `final` only on success.
+
+    Side files (reports) from `side()` are moved next to `final` whatever the outcome: an
+    error report matters most when the file failed.
+    """
+
+    path: Path
+    final: Path
+    sides: dict[Path, Path] = field(default_factory=dict)
+
+    def side(self, suffix: str) -> Path:
+        temporary = self.path.with_name(self.path.name + suffix)
+        self.sides[temporary] = self.final.with_name(self.final.name + suffix)
+        return temporary
+
+
+@dataclass(frozen=True)
+class CommandProcessor:
+    template: str
+    uses_output: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uses_output", "{output}" in self.template)
+        unknown = set(re.findall(r"\{(\w*)\}", self.template)) - {"input", "output", "name"}
+        if unknown:
+            raise ValidationError(
+                f"processor template uses {{{sorted(unknown)[0]}}}; only {{input}}, {{output}} and {{name}} exist"
+            )
+
+    @property
+    def identity(self) -> str:
+        return f"command:{self.template}"
+
+    def output_name(self, input_path: Path) -> str:
+        return input_path.name
+
+    def argv_or_script(self, input_path: Path, output_path: Path | None) -> str | list[str]:
+        values = {"input": str(input_path), "output": str(output_path or ""), "name": input_path.name}
+        literal = re.sub(r"\{(input|output|name)\}", "", self.template)
+        if not SHELL_SYNTAX.search(literal):
+            # No shell syntax: split the template, then substitute whole words; no shell, no quoting needed.
+            return [
+                re.sub(r"\{(input|output|name)\}", lambda m: values[m.group(1)], w)
+                for w in shlex.split(self.template)
+            ]
+        return re.sub(r"\{(input|output|name)\}", lambda m: shlex.quote(values[m.group(1)]), self.template)
+
+    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+        command = self.argv_or_script(input_path, output.path if output else None)
+        errors: list[str] = []
+        result = run_command(
+            command,
+            timeout=timeout,
+            on_line=lambda stream, line: errors.append(line) if stream == "stderr" else None,
+        )
+        if result.timed_out:
+            raise ProcessingFailed(f"timed out after {timeout:g}s (process group killed)")
+        if result.exit_code != 0:
+            tail = " | ".join(errors[-3:]) or "no error output"
+            raise ProcessingFailed(f"exit code {result.exit_code}: {tail}")
+        return ""
+
+
+@dataclass(frozen=True)
+class CallableProcessor:
+    target: str  # module:function
+
+    @property
+    def function(self) -> Any:
+        module_name, _, attr = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValidationError(f"processor {self.target}: cannot import {module_name} ({exc})") from None
+        function = getattr(module, attr, None)
+        if not callable(function):
+            raise ValidationError(f"processor {self.target}: {module_name} has no function {attr}")
+        return function
+
+    @property
+    def identity(self) -> str:
+        # The function's source is part of the identity, so editing it reprocesses the inputs.
+        import inspect
+
+        try:
+            source = inspect.getsource(self.function)
+        except (OSError, TypeError):
+            source = ""
+        return f"python:{self.target}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+
+    def output_name(self, input_path: Path) -> str:
+        return input_path.name
+
+    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+        try:
+            note = self.function(input_path, output.path if output else None)
+        except Exception as exc:  # the user's function: any error is this file's failure
+            raise ProcessingFailed(f"{type(exc).__name__}: {exc}") from None
+        return "" if note is None else str(note)
+
+
+@dataclass(frozen=True)
+class RecordsProcessor:
+    """Validate JSON / JSON Lines / CSV records against a JSON Schema, write them as JSON Lines.
+
+    Valid records go to the output; every invalid one is reported with its record number and
+    the schema's complaint in `<output>.errors.jsonl`. A file with any invalid record fails (so
+    it is retried, then falls back, then lands in the dead-letter queue with the first error).
+    """
+
+    schema_path: Path
+    schema: dict[str, Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def load(cls, schema_path: str) -> RecordsProcessor:
+        path = Path(schema_path)
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValidationError("no such schema file", where=str(path)) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValidationError(f"not a readable JSON schema ({exc})", where=str(path)) from None
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise ValidationError(f"invalid JSON Schema: {exc.message}", where=str(path)) from None
+        return cls(path, schema)
+
+    @property
+    def identity(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.schema, sort_keys=True).encode()).hexdigest()[:16]
+        return f"records:{digest}"
+
+    def output_name(self, input_path: Path) -> str:
+        return input_path.stem + ".jsonl"
+
+    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+        from jsonschema import Draft202012Validator
+
+        records = _read_records(input_path)
+        validator = Draft202012Validator(self.schema)
+        valid, errors = [], []
+        for number, record in enumerate(records, start=1):
+            problems = sorted(validator.iter_errors(record), key=lambda e: list(e.path))
+            if problems:
+                where = "/".join(str(p) for p in problems[0].path) or "(record)"
+                errors.append({"record": number, "field": where, "error": problems[0].message})
+            else:
+                valid.append(record)
+        if output is not None:
+            with open(output.path, "w", encoding="utf-8") as out:
+                out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in valid)
+            if errors:
+                report = output.side(".errors.jsonl")
+                report.write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")
+        if errors:
+            first = errors[0]
+            raise ProcessingFailed(
+                f"{len(errors)} of {len(errors) + len(valid)} records invalid; "
+                f"record {first['record']} {first['field']}: {first['error']}"
+            )
+        return f"{len(valid)} records"
+
+
+def _read_records(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProcessingFailed("not UTF-8 text (binary file?)") from None
+    except OSError as exc:
+        raise ProcessingFailed(f"cannot read: {exc.strerror}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return list(csv.DictReader(io.StringIO(text)))
+        if suffix in (".jsonl", ".ndjson"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProcessingFailed(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except csv.Error as exc:
+        raise ProcessingFailed(f"malformed CSV: {exc}") from None
+    return data if isinstance(data, list) else [data]
+
+
+def parse_processor(spec: str) -> Processor:
+    """`records:SCHEMA`, `module:function`, or a command template using `{input}`."""
+    spec = spec.strip()
+    if not spec:
+        raise ValidationError("--processor is empty")
+    if spec.startswith("records:"):
+        return RecordsProcessor.load(spec.removeprefix("records:"))
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        processor = CallableProcessor(spec)
+        processor.function  # noqa: B018 - import now so a typo fails before any file is touched
+        return processor
+    if "{input}" not in spec and "{name}" not in spec:
+        raise ValidationError(
+            f"processor `{spec}` is not `records:SCHEMA.json`, `module:function`, or a command using {{input}}"
+        )
+    return CommandProcessor(spec)
