@@ -196,7 +196,7 @@ def run(
     except OpsflowError as err:
         return _fail(console, err)
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
-    from flows.workflow.run import run_and_summarise
+    from flows.workflow.terminal import run_and_summarise
 
     return run_and_summarise(
         console,

@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 
 from flows.errors import ValidationError
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
+from flows.workflow.params import BUILTIN_NAMES
+from flows.workflow.shellctx import ANSI, BACKTICK
 from flows.workflow.spec import Step
-from flows.workflow.template import compile_template
+from flows.workflow.template import Template, compile_template
 
 
 @dataclass
@@ -41,7 +44,7 @@ def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:
                 f"does not define ({known})",
                 where=loaded.where((*node.loc, "circuit_breaker")),
             )
-        name = step.capture_output or (node.id if step.capture_output == "" else None)
+        name = step.capture_output
         if name is not None:
             if name in captured:
                 raise ValidationError(
@@ -75,11 +78,13 @@ def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
     that are neither declared nor built in (they must come from `--set`)."""
     spec = loaded.spec
     known = {p.name for p in spec.parameters} | set(spec.variables) | {c.name for c in spec.conditions}
-    known |= {"environment", "workflow_id", "workflow", "outputs"}
+    known |= set(BUILTIN_NAMES)
     captured = {n.step.capture_output for n in graph.nodes.values() if n.step.capture_output}
     warnings: list[str] = []
     for loc, source in _template_fields(loaded, graph):
         template = compile_template(source, where=loaded.where(loc), line=loaded.line(loc))
+        if loc[-1] in ("command", "script"):
+            _check_quoting(loaded, graph, loc, template)
         for name in sorted(template.output_names() - captured):
             raise ValidationError(
                 f"`.outputs.{name}` is never captured — add `capture_output: {name}` to the step that prints it",
@@ -92,6 +97,45 @@ def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
                 + (f" — did you mean `.{hint[0]}`?" if hint else f"; it must be given with --set {name}=...")
             )
     return warnings
+
+
+SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "ash", "busybox"}
+
+
+def _check_quoting(loaded: LoadedWorkflow, graph: Graph, loc: Location, template: Template) -> None:
+    """Values are quoted for shells only, and only where a shell's quoting can hold them."""
+    if not template.has_values():
+        return
+    where = loaded.where(loc)
+    for context in template.quote_contexts():
+        if context in (ANSI, BACKTICK):
+            where_text = "$'...'" if context == ANSI else "backticks"
+            instead = "move it out of the quotes" if context == ANSI else "write $( ... ) instead"
+            raise ValidationError(
+                f"a template value inside {where_text} cannot be quoted safely — {instead}", where=where
+            )
+    source = template.source
+    interpreter = source.splitlines()[0][2:].split() if source.startswith("#!") else []
+    if interpreter and os.path.basename(interpreter[0]) == "env" and len(interpreter) > 1:
+        interpreter = interpreter[1:]
+    shell = _step_shell(graph, loc)
+    program = os.path.basename(interpreter[0]) if interpreter else os.path.basename(shell or "bash")
+    if program not in SHELLS:
+        raise ValidationError(
+            f"template values are quoted for shells, not for {program}: read them from the environment "
+            "instead (each parameter is exported as OPSFLOW_PARAM_<NAME>)",
+            where=where,
+        )
+
+
+def _step_shell(graph: Graph, loc: Location) -> str | None:
+    for node in graph.nodes.values():
+        if loc[: len(node.loc)] == node.loc and len(loc) == len(node.loc) + 1:
+            return node.step.shell
+    for hook in graph.hooks():
+        if loc[: len(hook.loc)] == hook.loc and len(loc) == len(hook.loc) + 1:
+            return hook.step.shell
+    return None
 
 
 def _template_fields(loaded: LoadedWorkflow, graph: Graph) -> list[tuple[Location, str]]:

@@ -90,9 +90,9 @@ class Graph:
     def group_limit(self, group_id: str) -> int | None:
         """How many leaves under this group may run at once (None: no limit of its own)."""
         step = self.nodes[group_id].step
-        if step.parallel_limit is not None:
-            return step.parallel_limit
-        return None if step.parallel else 1
+        # A sequential group needs no limit of its own: each child already waits for the one
+        # before it, and a limit would also serialise a parallel group nested inside it.
+        return step.parallel_limit
 
     def hooks(self) -> Iterator[Hook]:
         for hooks in self.sections.values():

@@ -55,7 +55,8 @@ class LiveView:
         self.live.stop()
 
     def on_event(self, event: str, step_id: str, outcome: report.StepOutcome | None) -> None:
-        row = self.rows.setdefault(step_id, {"depth": 0, "state": "Pending", "group": False})
+        # hooks and prerequisites appear as they run; the progress counts the plan's steps only
+        row = self.rows.setdefault(step_id, {"depth": 0, "state": "Pending", "group": False, "hook": True})
         if event == "started":
             row["state"], row["since"] = "Running", time.monotonic()
         elif outcome is not None:

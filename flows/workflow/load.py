@@ -34,17 +34,10 @@ class LoadedWorkflow:
 
     def where(self, loc: Location = ()) -> str:
         """`file:line` of the nearest located value at or above `loc`."""
-        loc = tuple(loc)
-        while loc and loc not in self.lines:
-            loc = loc[:-1]
-        line = self.lines.get(loc)
-        return f"{self.path}:{line}" if line else str(self.path)
+        return _where(self.path, self.lines, tuple(loc))
 
     def line(self, loc: Location) -> int | None:
-        loc = tuple(loc)
-        while loc and loc not in self.lines:
-            loc = loc[:-1]
-        return self.lines.get(loc)
+        return _nearest_line(self.lines, tuple(loc))
 
 
 def read_text(path: Path) -> str:
@@ -165,10 +158,14 @@ def _is_pydantic_branch(part: Any) -> bool:
     )
 
 
-def _where(path: Path, lines: dict[Location, int], loc: Location) -> str:
+def _nearest_line(lines: dict[Location, int], loc: Location) -> int | None:
     while loc and loc not in lines:
         loc = loc[:-1]
-    line = lines.get(loc)
+    return lines.get(loc)
+
+
+def _where(path: Path, lines: dict[Location, int], loc: Location) -> str:
+    line = _nearest_line(lines, loc)
     return f"{path}:{line}" if line else str(path)
 
 

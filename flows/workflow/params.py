@@ -16,11 +16,10 @@ from flows.errors import ValidationError
 from flows.workflow.load import LoadedWorkflow
 from flows.workflow.spec import Parameter
 from flows.workflow.template import compile_template, is_template
+from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 BUILTIN_NAMES = ("environment", "workflow_id", "workflow", "outputs")
 MAX_VALUE_LENGTH = 64 * 1024
-_TRUE = {"true", "yes", "1", "on", "y"}
-_FALSE = {"false", "no", "0", "off", "n"}
 
 
 @dataclass
@@ -94,8 +93,8 @@ def coerce(param: Parameter, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
+        if text in TRUE_WORDS | FALSE_WORDS:
+            return text in TRUE_WORDS
         raise ValidationError(f"parameter `{name}` must be true or false, got {value!r}")
     if kind in ("int", "float"):
         try:
@@ -195,7 +194,7 @@ def bind(
         "workflow": spec.name,
         "outputs": {},
     }
-    for index, (key, value) in enumerate(spec.variables.items()):
+    for key, value in spec.variables.items():
         if isinstance(value, str) and is_template(value):
             where = loaded.where(("variables", key))
             context[key] = compile_template(
@@ -203,7 +202,6 @@ def bind(
             ).evaluate(context)
         else:
             context[key] = value
-        del index
     for index, cond in enumerate(spec.conditions):
         loc = ("conditions", index, "expression")
         template = compile_template(cond.expression, where=loaded.where(loc), line=loaded.line(loc))

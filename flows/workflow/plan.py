@@ -35,6 +35,7 @@ class StepPlan:
     delays: tuple[float, ...]  # one per retry, before jitter
     priority: int | None
     limit: int | None  # groups: children at once
+    in_order: bool  # groups: children one after another
     unenforced: tuple[str, ...] = ()
     hooks: dict[str, list[HookPlan]] = field(default_factory=dict)
 
@@ -245,6 +246,7 @@ def _plan_node(
         else (),
         priority=graph.inherited(node.id, "priority"),  # type: ignore[arg-type]
         limit=graph.group_limit(node.id) if step.is_group else None,
+        in_order=step.is_group and not (step.parallel or step.parallel_limit is not None),
         unenforced=tuple(unenforced_step_fields(step)),
         hooks={
             section: [plan_hook(loaded, h, context) for h in hooks] for section, hooks in node.hooks.items()
@@ -256,7 +258,3 @@ def plan_hook(loaded: LoadedWorkflow, hook: Hook, context: dict[str, Any]) -> Ho
     deferred = reads_outputs(loaded, hook.step, hook.loc, ("command", "script"))
     text = step_text(hook.step) if deferred else render_step(loaded, hook.step, hook.loc, context)
     return HookPlan(id=hook.id, text=text, deferred=deferred)
-
-
-def hook_steps(graph: Graph, section: str) -> list[Hook]:
-    return graph.sections.get(section, [])

@@ -6,6 +6,7 @@ timeout lives here: the whole group (the shell and everything it started) is sig
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import shutil
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KILL_GRACE_SECONDS = 3.0
+EXIT_DRAIN_SECONDS = 0.5  # after the command exits, how long its leftover children may hold the pipes
+POLL_SECONDS = 0.2
 MAX_CAPTURE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 4000
 
@@ -34,8 +37,7 @@ def terminate_all() -> int:
     """Kill the process group of every command still running; returns how many."""
     with _running_lock:
         procs = list(_running)
-    for proc in procs:
-        _kill_group(proc)
+    _kill_groups(procs)
     return len(procs)
 
 
@@ -143,61 +145,94 @@ def _wait(proc: subprocess.Popen[bytes], started: float, timeout: float | None) 
 def _pump(
     proc: subprocess.Popen[bytes], started: float, timeout: float | None, on_line: LineSink | None
 ) -> tuple[str, bool, bool]:
+    """Read both pipes until they close, the deadline passes, or shortly after the command
+    exits (a background child it left behind may hold the pipes open for ever)."""
     selector = selectors.DefaultSelector()
-    buffers = {"stdout": b"", "stderr": b""}
     assert proc.stdout is not None and proc.stderr is not None
+    lines = {"stdout": _LineBuffer("stdout", on_line), "stderr": _LineBuffer("stderr", on_line)}
     selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
     selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
     captured = bytearray()
     truncated = timed_out = False
     deadline = started + timeout if timeout is not None else None
-
-    def emit(stream: str, raw: bytes) -> None:
-        if on_line:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            on_line(stream, line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …[cut]")
-
+    exited_at: float | None = None
     while selector.get_map():
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if deadline is not None and wait == 0.0:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             timed_out = True
             _kill_group(proc)
             break
-        for key, _ in selector.select(timeout=wait):
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > EXIT_DRAIN_SECONDS:
+            break
+        limits = [POLL_SECONDS] + ([deadline - now] if deadline is not None else [])
+        for key, _ in selector.select(timeout=max(0.0, min(limits))):
             chunk = os.read(key.fd, 65536)
             stream = key.data
             if not chunk:
                 selector.unregister(key.fileobj)
-                if buffers[stream]:
-                    emit(stream, buffers[stream])
-                    buffers[stream] = b""
                 continue
             if stream == "stdout":
                 room = MAX_CAPTURE_BYTES - len(captured)
                 captured += chunk[: max(room, 0)]
                 truncated = truncated or len(chunk) > room
-            *lines, buffers[stream] = (buffers[stream] + chunk).split(b"\n")
-            for line in lines:
-                emit(stream, line)
+            lines[stream].feed(chunk)
     selector.close()
+    for buffer in lines.values():
+        buffer.flush()
     return captured.decode("utf-8", "replace"), truncated, timed_out
 
 
+class _LineBuffer:
+    """Bytes to lines; a line longer than MAX_LINE_CHARS is cut, and the rest of it dropped
+    as it arrives (never accumulated), so one huge line costs neither time nor memory."""
+
+    def __init__(self, stream: str, sink: LineSink | None) -> None:
+        self.stream, self.sink = stream, sink
+        self.pending = bytearray()
+        self.overflow = False
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            self._take(chunk[start:end])
+            self.flush()
+            start = end + 1
+        self._take(chunk[start:])
+
+    def _take(self, part: bytes) -> None:
+        if self.overflow:
+            return
+        room = MAX_LINE_CHARS * 4 - len(self.pending)  # bytes: up to 4 per character
+        self.pending += part[:room]
+        self.overflow = len(part) > room
+
+    def flush(self) -> None:
+        if self.pending or self.overflow:
+            line = self.pending.decode("utf-8", "replace").rstrip("\r")
+            if len(line) > MAX_LINE_CHARS or self.overflow:
+                line = line[:MAX_LINE_CHARS] + " …[cut]"
+            if self.sink:
+                self.sink(self.stream, line)
+        self.pending = bytearray()
+        self.overflow = False
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        if grace is None:
-            break
-        try:
-            proc.wait(timeout=grace)
-            # The shell may be gone while its children linger in the group; make sure.
+    _kill_groups([proc])
+
+
+def _kill_groups(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every group at once, one shared grace period, then SIGKILL what is left
+    (the shell may be gone while its children linger in the group)."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue

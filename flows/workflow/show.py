@@ -24,15 +24,12 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
     if plan.prerequisites:
         lines.append("prerequisites (exit 2 if one fails):")
         lines.extend(_hook_lines(plan.prerequisites, "  "))
-    for index, step in enumerate(plan.steps):
+    for step in plan.steps:
         indent = "  " * (step.depth + 1)
         facts = []
         if step.kind == "group":
-            facts.append(
-                "group, in order"
-                if step.limit == 1
-                else f"group, parallel{f' ≤{step.limit}' if step.limit else ''}"
-            )
+            limit = f" ≤{step.limit}" if step.limit else ""
+            facts.append("group, in order" if step.in_order else f"group, parallel{limit}")
         if step.depends_on:
             facts.append("after " + ", ".join(step.depends_on))
         if step.priority is not None:
@@ -51,13 +48,10 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
             + (f"  {status}" if status else "")
         )
         if step.text is not None and not step.skip:
-            prefix = "(rendered at run time) " if step.deferred else ""
-            for n, text_line in enumerate(step.text.rstrip("\n").splitlines() or [""]):
-                lines.append(f"{indent}  {'$' if n == 0 else ' '} {prefix if n == 0 else ''}{text_line}")
+            lines.extend(_command_lines(step.text, step.deferred, indent + "  "))
         for section, hooks in step.hooks.items():
             lines.append(f"{indent}  {section}:")
             lines.extend(_hook_lines(hooks, indent + "    "))
-        del index
     for section, hooks in plan.hooks.items():
         lines.append(f"{section.replace('post_', 'post_execution.').replace('_', ' ')}:")
         lines.extend(_hook_lines(hooks, "  "))
@@ -72,10 +66,17 @@ def _hook_lines(hooks: list[HookPlan], indent: str) -> list[str]:
     lines = []
     for hook in hooks:
         lines.append(f"{indent}{hook.id}")
-        prefix = "(rendered at run time) " if hook.deferred else ""
-        for n, text_line in enumerate(hook.text.rstrip("\n").splitlines() or [""]):
-            lines.append(f"{indent}  {'$' if n == 0 else ' '} {prefix if n == 0 else ''}{text_line}")
+        lines.extend(_command_lines(hook.text, hook.deferred, indent + "  "))
     return lines
+
+
+def _command_lines(text: str, deferred: bool, indent: str) -> list[str]:
+    """`$ first line` then the rest aligned under it, as a reader would type them."""
+    prefix = "(rendered at run time) " if deferred else ""
+    return [
+        f"{indent}{'$' if n == 0 else ' '} {prefix if n == 0 else ''}{line}"
+        for n, line in enumerate(text.rstrip("\n").splitlines() or [""])
+    ]
 
 
 def summary_table(summary: RunSummary) -> str:

@@ -261,7 +261,7 @@ class Step(Model):
         None,
         examples=["status_check"],
         description="Store the step's stdout under this name: later templates read `{{ .outputs.NAME }}`.",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
     )
     manual_approval: bool = Field(
         False, examples=[True], description="Wait for an operator's approval before running."
@@ -312,11 +312,15 @@ class Step(Model):
     @field_validator("capture_output", mode="before")
     @classmethod
     def _capture_true(cls, value: Any) -> Any:
-        # `capture_output: true` is common shorthand; the engine names it after the step later.
+        # `capture_output: true` is shorthand for "under the step's own name" (resolved below).
         return "" if value is True else (None if value is False else value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
+        if self.capture_output == "":
+            if not (self.name and self.name.isidentifier()):
+                raise ValueError("`capture_output: true` needs a step `name` usable as `.outputs.NAME`")
+            object.__setattr__(self, "capture_output", self.name)  # frozen model: set once, here
         kinds = [k for k in ("command", "script") if getattr(self, k) is not None]
         if "steps" in self.model_fields_set:
             kinds.append("steps")

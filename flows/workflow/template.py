@@ -25,6 +25,19 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
 from flows.errors import ValidationError
+from flows.workflow.shellctx import (
+    ACTION,
+    ANSI,
+    BACKTICK,
+    COMMENT,
+    DOUBLE,
+    HEREDOC,
+    LITERAL,
+    SINGLE,
+    UNQUOTED,
+    quote_contexts,
+)
+from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 _TOKEN = re.compile(
     r"""(?P<ws>\s+)
@@ -72,7 +85,7 @@ _UNSUPPORTED = {
 }
 _FUNCTIONS = {"printf", "call", "html", "js", "urlquery", "slice"}  # the rest are control words
 _CONTROL = {"if", "else", "range", "end", *(_UNSUPPORTED.keys() - _FUNCTIONS)}
-_TRUE, _FALSE = {"true", "yes", "1", "on"}, {"", "false", "no", "0", "off", "none"}
+_TRUE, _FALSE = TRUE_WORDS, FALSE_WORDS
 # Context keys of the render in progress, so an undefined name can suggest the closest one.
 _KNOWN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("known", default=())
 
@@ -264,11 +277,14 @@ def _translate(source: str) -> tuple[str, str | None]:
     exprs: list[str] = []
     lone = True  # no text (other than whitespace) or block besides a single expression action
     stack: list[tuple[str, str]] = []
-    pos = 0
+    contexts = _quote_contexts(source)
+    pos = action = 0
     while m := _OPEN.search(source, pos):
         lone = lone and not source[pos : m.start()].strip()
         out.append(source[pos : m.start()])
         pos = m.end()
+        context = contexts[action] if action < len(contexts) else UNQUOTED
+        action += 1
         if m.group() != "{{":
             lone = False
             go_comment = m.group().startswith("{{")
@@ -291,11 +307,75 @@ def _translate(source: str) -> tuple[str, str | None]:
             out.append(f"{_BLOCK[0]}{lt} set {_emit(first, dots)} = {_expr(toks[2:], dots)} {rt}{_BLOCK[1]}")
         else:
             exprs.append(_expr(toks, dots))
-            out.append(f"{{{{{lt} {exprs[-1]} {rt}}}}}")
+            # Outside quotes the shell finalizer quotes the value; elsewhere a filter escapes it
+            # for its context (and does nothing outside shell commands).
+            kind, _, delimiter = context.partition(":")
+            quoting = f"_q_{kind}({json.dumps(delimiter)})" if delimiter else f"_q_{kind}"
+            shown = exprs[-1] if context == UNQUOTED else f"({exprs[-1]}) | {quoting}"
+            out.append(f"{{{{{lt} {shown} {rt}}}}}")
     if stack:
         raise ValidationError(f"`{{{{ {stack[-1][0]} }}}}` is never closed — add `{{{{ end }}}}`")
     lone = lone and len(exprs) == 1 and not source[pos:].strip()
     return "".join(out) + source[pos:], exprs[0] if lone else None
+
+
+def _quote_contexts(source: str) -> list[str]:
+    """The shell quoting context of every action of `source`, in order."""
+    spans, pos = [], 0
+    while m := _OPEN.search(source, pos):
+        if m.group() != "{{":
+            spans.append((m.start(), m.end()))
+            pos = m.end()
+            continue
+        close = next((c for c in _ACTION_END.finditer(source, m.end()) if c.group() == "}}"), None)
+        if close is None:
+            break  # the translation reports it
+        spans.append((m.start(), close.end()))
+        pos = close.end()
+    skeleton, last = [], 0
+    for start, end in spans:
+        skeleton += [source[last:start], ACTION]
+        last = end
+    return quote_contexts("".join(skeleton) + source[last:])
+
+
+def _escape_double(text: str) -> str:
+    return re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def _escape_heredoc(text: str) -> str:
+    return re.sub(r"([\\$`])", r"\\\1", text)
+
+
+def _refuse(where: str, instead: str) -> Callable[..., str]:
+    def refuse(value: Any, *args: Any) -> str:
+        raise ValidationError(f"a template value inside {where} cannot be quoted safely — {instead}")
+
+    return refuse
+
+
+def _in_document(escape: Callable[[str], str]) -> Callable[[Any, str], str]:
+    def quote(value: Any, delimiter: str) -> str:
+        text = _words(value, escape)
+        if any(line.lstrip("\t") == delimiter for line in text.split("\n")):
+            raise ValidationError(
+                f"a template value contains the line `{delimiter}`, which would end its here-document"
+            )
+        return Raw(text)
+
+    return quote
+
+
+# Per-context quoting for shell commands; identity everywhere else.
+_SHELL_CONTEXT_FILTERS = {
+    f"_q_{DOUBLE}": lambda v: Raw(_words(v, _escape_double)),
+    f"_q_{SINGLE}": lambda v: Raw(_words(v, lambda s: s.replace("'", "'\\''"))),
+    f"_q_{HEREDOC}": _in_document(_escape_heredoc),
+    f"_q_{LITERAL}": _in_document(str),
+    f"_q_{COMMENT}": lambda v: Raw(" ".join(_plain(v).split())),  # a newline would end the comment
+    f"_q_{ANSI}": _refuse("$'...'", "move it out of the quotes"),
+    f"_q_{BACKTICK}": _refuse("backticks", "write $( ... ) instead"),
+}
 
 
 class Raw(str):
@@ -390,7 +470,7 @@ class _Undefined(jinja2.StrictUndefined):
         return f"{type(obj).__name__} value has no field {_go_name(name)}"
 
 
-def _env(finalize: Any) -> ImmutableSandboxedEnvironment:
+def _env(finalize: Any, shell: bool = False) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         undefined=_Undefined,
         autoescape=False,
@@ -404,11 +484,14 @@ def _env(finalize: Any) -> ImmutableSandboxedEnvironment:
     env.globals.update(join=_join, fromJSON=_from_json, toJSON=_to_json)
     env.globals.update(_values=_values, _pairs=_pairs)
     env.filters.update(fromJSON=_from_json, toJSON=_to_json, len=len, raw=lambda v: Raw(_plain(v)))
+    env.filters.update(
+        _SHELL_CONTEXT_FILTERS if shell else dict.fromkeys(_SHELL_CONTEXT_FILTERS, lambda v, *a: v)
+    )
     return env
 
 
 # finalize runs on every `{{ }}` value (never on literal text), so quoting cannot be forgotten
-_PLAIN, _SHELL = _env(_plain), _env(shell_quote)
+_PLAIN, _SHELL = _env(_plain), _env(shell_quote, shell=True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -478,6 +561,14 @@ class Template:
 
     def names(self) -> frozenset[str]:
         return _names(self._jinja)
+
+    def has_values(self) -> bool:
+        """Whether any action outputs a value (control blocks and comments do not)."""
+        return "{{" in self._jinja
+
+    def quote_contexts(self) -> list[str]:
+        """The shell quoting context of each action, in order (see shellctx)."""
+        return _quote_contexts(self.source)
 
     def output_names(self) -> frozenset[str]:
         found = set()

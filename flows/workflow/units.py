@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
+
+# Words a condition or a bool parameter may be written as (case-insensitive).
+TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "n", "off", "0", "none", ""})
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -43,8 +48,8 @@ def parse_duration(value: object) -> float:
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
         raise ValueError(f"expected a duration such as 30, '30s' or '5m', got {value!r}")
-    if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, not {value!r}")
     return seconds
 
 
@@ -70,7 +75,7 @@ def parse_cpu(value: object) -> float:
         cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
     except ValueError:
         raise ValueError(f"expected a CPU amount such as '0.5', '2' or '500m', got {value!r}") from None
-    if cores <= 0:
+    if cores <= 0 or not math.isfinite(cores):
         raise ValueError(f"a CPU amount must be positive, got {value!r}")
     return cores
 

@@ -308,3 +308,167 @@ steps:
     state, _ = run(path)
     assert state.is_completed()
     assert order.read_text().split() == ["fast", "slow", "after_slow"]
+
+
+# -- regressions found in review ------------------------------------------------------------
+
+
+def test_failing_hooks_do_not_stop_rollback_or_failure_hooks(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    path = write_workflow(f"""
+name: hookfail
+rollback:
+  steps:
+    - command: echo rollback >> {log}
+on_failure:
+  - command: echo wf-failure >> {log}
+steps:
+  - name: a
+    command: exit 1
+    on_failure:
+      - command: exit 2
+""")
+    state, summary = run(path)
+    assert state.is_failed() and summary["exit_code"] == 1
+    assert log.read_text().split() == ["rollback", "wf-failure"]
+    assert "hooks failed" in summary["message"]
+
+
+def test_timeout_stops_retries_runs_hooks_and_fails(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    path = write_workflow(f"""
+name: tmo
+on_failure:
+  - command: echo hook-ran >> {log}
+steps:
+  - name: g
+    parallel: true
+    steps:
+      - name: stubborn
+        command: trap '' TERM; sleep 30
+      - name: retrying
+        command: sleep 5; exit 1
+        retry: {{attempts: 5, delay: 0}}
+  - command: 'true'
+""")
+    started = time.monotonic()
+    state, summary = run(path, timeout="2s")
+    assert time.monotonic() - started < 20
+    assert state.is_failed()
+    got = states(summary)
+    assert got["stubborn"] == "TimedOut" and got["step2"] == "NotRun"
+    retrying = next(s for s in summary["steps"] if s["step"] == "retrying")
+    assert retrying["attempts"] <= 2
+    assert log.read_text().strip() == "hook-ran"  # hooks get their own time after the deadline
+    state, summary = run(path, timeout="0s")
+    assert state.is_failed() and summary["exit_code"] == 1
+
+
+def test_sequential_group_does_not_serialise_a_nested_parallel_group(write_workflow):
+    path = write_workflow("""
+name: nest
+steps:
+  - name: outer
+    steps:
+      - name: inner
+        parallel: true
+        steps:
+          - command: sleep 1.5
+          - command: sleep 1.5
+""")
+    started = time.monotonic()
+    state, _ = run(path)
+    assert state.is_completed()
+    assert time.monotonic() - started < 2.9
+
+
+def test_group_hooks_run_once_after_the_group(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    path = write_workflow(f"""
+name: grouphooks
+steps:
+  - name: ok_group
+    parallel: true
+    on_success:
+      - command: echo ok-group-success >> {log}
+    steps:
+      - command: sleep 0.2
+      - command: 'true'
+  - name: after
+    command: echo after >> {log}
+  - name: bad_group
+    on_failure:
+      - command: echo bad-group-failure >> {log}
+    steps:
+      - command: exit 1
+      - command: 'true'
+""")
+    state, _ = run(path)
+    assert state.is_failed()
+    assert log.read_text().split() == ["ok-group-success", "after", "bad-group-failure"]
+
+
+def test_hook_names_never_borrow_a_steps_settings(write_workflow):
+    path = write_workflow("""
+name: coll
+prerequisites:
+  - name: deploy
+    command: sleep 1.2
+steps:
+  - name: deploy
+    command: 'true'
+    timeout: 1
+""")
+    state, summary = run(path)
+    assert state.is_completed(), summary
+
+
+def test_skipped_steps_free_their_slot(write_workflow):
+    path = write_workflow("""
+name: slot
+steps:
+  - name: g
+    parallel_limit: 2
+    steps:
+      - command: sleep 1.5
+      - when: "{{ false }}"
+        command: 'true'
+      - command: sleep 1.5
+""")
+    started = time.monotonic()
+    state, _ = run(path)
+    assert state.is_completed()
+    assert time.monotonic() - started < 2.9
+
+
+def test_step_hooks_do_not_hold_up_unrelated_steps(write_workflow, tmp_path):
+    stamps = tmp_path / "stamps"
+    path = write_workflow(f"""
+name: coe
+steps:
+  - name: g
+    parallel: true
+    steps:
+      - name: a
+        command: exit 1
+        on_failure:
+          - command: sleep 2; echo hook >> {stamps}
+      - name: b
+        command: sleep 0.3
+      - name: c
+        command: echo c >> {stamps}
+        depends_on: [b]
+""")
+    state, _ = run(path, continue_on_error=True)
+    assert state.is_failed()
+    assert stamps.read_text().split() == ["c", "hook"]
+
+
+def test_parameters_reach_commands_as_environment(write_workflow):
+    path = write_workflow(
+        "name: envp\nparameters:\n  - name: msg\n    default: hi\nsteps:\n"
+        "  - script: |\n      #!/usr/bin/env python3\n      import os, sys\n"
+        "      sys.exit(0 if os.environ['OPSFLOW_PARAM_MSG'] == 'x; $(y)' else 1)\n"
+    )
+    state, summary = run(path, parameters={"msg": "x; $(y)"})
+    assert state.is_completed(), summary

@@ -55,3 +55,34 @@ def test_missing_shell_is_127():
 def test_environment_is_passed():
     result = run_command("echo $OPSFLOW_STEP", env={**os.environ, "OPSFLOW_STEP": "s1"})
     assert result.stdout.strip() == "s1"
+
+
+def test_a_huge_line_costs_neither_time_nor_memory():
+    lines = []
+    started = time.monotonic()
+    result = run_command("head -c 33554432 /dev/zero | tr '\\0' a; echo; echo done", on_line=lambda s, l2: lines.append(l2))
+    assert result.ok and time.monotonic() - started < 5
+    assert lines[-1] == "done" and lines[0].endswith("…[cut]") and len(lines[0]) < 5000
+
+
+def test_a_background_child_does_not_hold_the_step():
+    started = time.monotonic()
+    result = run_command("sleep 5 & echo started", timeout=3)
+    assert result.ok and not result.timed_out and result.stdout.strip() == "started"
+    assert time.monotonic() - started < 2
+
+
+def test_terminate_all_shares_one_grace_period():
+    import threading
+
+    from flows.workflow.shell import terminate_all
+
+    threads = [threading.Thread(target=run_command, args=("trap '' TERM; sleep 30",)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert terminate_all() == 3
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - started < 5
