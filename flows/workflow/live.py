@@ -81,7 +81,9 @@ class LiveView:
                 Text(format_duration(took) if took else ""),
             )
         done = sum(
-            1 for r in self.rows.values() if not r["group"] and r["state"] not in ("Pending", "Running")
+            1
+            for r in self.rows.values()
+            if not r["group"] and not r.get("hook") and r["state"] not in ("Pending", "Running")
         )
         percent = int(100 * done / self.total) if self.total else 100
         elapsed = format_duration(time.monotonic() - self.started)
