@@ -87,25 +87,25 @@ def process_chunk(
     with session() as db:
         done = set() if force else store.completed_fingerprints(db, prints.values())
     skipped_rows = []
-    for item in inputs:
-        if item.path not in prints:
-            continue
-        print_ = prints[item.path]
-        target = output_path(item, proc, output_dir)
-        if print_ in done and (target is None or target.exists()):
-            skipped_rows.append(FileOutcome(str(item.path), print_, "skipped", attempts=0).record(job_id))
-            result.skipped += 1
-            continue
-        outcome = attempt(item, proc, output_dir=output_dir, timeout=timeout, print_=print_)
-        if outcome.status == "completed":
-            with session() as db:
+    with session() as db:
+        for item in inputs:
+            if item.path not in prints:
+                continue
+            print_ = prints[item.path]
+            target = output_path(item, proc, output_dir)
+            if print_ in done and (target is None or target.exists()):
+                skipped_rows.append(FileOutcome(str(item.path), print_, "skipped", attempts=0).record(job_id))
+                result.skipped += 1
+                continue
+            outcome = attempt(item, proc, output_dir=output_dir, timeout=timeout, print_=print_)
+            if outcome.status == "completed":
                 store.record_results(db, [outcome.record(job_id)])
-            result.processed += 1
-        else:
-            logger.warning(f"{item.path.name}: {outcome.error} (will retry)")
-            result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
-    if skipped_rows:
-        with session() as db:
+                db.commit()  # each file as soon as it is done: a killed run redoes only unfinished ones
+                result.processed += 1
+            else:
+                logger.warning(f"{item.path.name}: {outcome.error} (will retry)")
+                result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
+        if skipped_rows:
             store.record_results(db, skipped_rows)
     return result
 

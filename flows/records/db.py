@@ -10,6 +10,8 @@ up on terminals and in Prefect logs.
 
 from __future__ import annotations
 
+import functools
+import os
 import sqlite3
 import threading
 import time
@@ -83,6 +85,12 @@ def normalize_url(url: str | URL) -> URL:
 
 def database_url() -> str:
     """`OPSFLOW_DATABASE_URL`, else the SQLite file `records.db` under `OPSFLOW_HOME` (~/.opsflow)."""
+    # Called for every committed file: settings are read once per distinct environment.
+    return _database_url(os.environ.get("OPSFLOW_DATABASE_URL"), os.environ.get("OPSFLOW_HOME"))
+
+
+@functools.lru_cache(maxsize=16)
+def _database_url(_url: str | None, _home: str | None) -> str:
     settings = _RecordsSettings()
     if settings.database_url is not None and settings.database_url.get_secret_value().strip():
         url = normalize_url(settings.database_url.get_secret_value().strip())

@@ -8,6 +8,7 @@ the same row can never duplicate it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -181,11 +182,17 @@ def record_results(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
         _check(result.status, RESULT_STATUSES, "result status")
         values[(result.job_id, result.input_path)] = result.model_dump(exclude={"id"})
     for chunk in _chunks(list(values.values())):
-        stmt = _insert(session, FileResult).values(list(chunk))
-        updated = {name: stmt.excluded[name] for name in _RESULT_FIELDS - {"job_id", "input_path"}}
-        session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "input_path"], set_=updated))
+        session.execute(_result_upsert(session.get_bind().dialect.name), list(chunk))
     session.flush()
     return len(values)
+
+
+@functools.lru_cache(maxsize=4)
+def _result_upsert(dialect: str) -> Any:
+    """One upsert statement per backend, built once: results are written a file at a time."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(FileResult)
+    updated = {name: stmt.excluded[name] for name in sorted(_RESULT_FIELDS - {"job_id", "input_path"})}
+    return stmt.on_conflict_do_update(index_elements=["job_id", "input_path"], set_=updated)
 
 
 def job_results(session: Session, job_id: str, status: str | None = None) -> list[FileResult]:
