@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,6 +78,10 @@ def run(
     chunk_size: Annotated[
         int | None, typer.Option(help="Files per task (default: chosen from the batch size).", min=1)
     ] = None,
+    notify: Annotated[
+        str | None, typer.Option(help="apprise URL told the result at the end, e.g. json://host:8080/hook.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label for the job in history, metrics and the UI.")] = "files",
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -116,20 +123,23 @@ def run(
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
     from flows.files.flow import process_files
 
-    state = process_files(
-        inputs=[str(Path(i).resolve()) if not any(c in i for c in "*?[") else i for i in inputs],
-        processor=processor,
-        output=str(output.resolve()) if output else None,
-        mode=mode,
-        workers=workers,
-        retries=retries,
-        retry_delay=retry_delay,
-        fallback=fallbacks,
-        force=force,
-        timeout=timeout or None,
-        chunk_size=chunk_size,
-        return_state=True,
-    )
+    with _progress(console):
+        state = process_files(
+            inputs=[str(Path(i).resolve()) if not any(c in i for c in "*?[") else i for i in inputs],
+            processor=processor,
+            output=str(output.resolve()) if output else None,
+            mode=mode,
+            workers=workers,
+            retries=retries,
+            retry_delay=retry_delay,
+            fallback=fallbacks,
+            force=force,
+            timeout=timeout or None,
+            chunk_size=chunk_size,
+            notify=notify,
+            name=name,
+            return_state=True,
+        )
     value = state.result(raise_on_failure=False)
     if isinstance(value, OpsflowError):
         return value.exit_code
@@ -149,6 +159,45 @@ def _print_summary(console: Console, summary: dict[str, Any], json_output: bool)
         f"{summary['skipped']} unchanged, {summary['retried']} retried, {summary['fallback']} by fallback, "
         f"{summary['dead_lettered']} dead-lettered in {summary['duration']:.1f}s"
     )
+    console.out(f"summary and metrics (JSON, Prometheus): {summary['reports']}")
+
+
+@contextlib.contextmanager
+def _progress(console: Console) -> Iterator[None]:
+    """On a terminal: a progress bar of files settled, with rate and time left."""
+    import sys
+
+    if console.quiet or not sys.stderr.isatty():
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from flows.files import report
+
+    bar = Progress(
+        TextColumn("files"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    task = bar.add_task("files", total=None, rate="")
+    started = time.monotonic()
+
+    def advance(kind: str, count: int) -> None:
+        if kind == "total":
+            bar.update(task, total=count)
+            return
+        done = bar.tasks[0].completed + count
+        bar.update(task, advance=count, rate=f"{done / max(time.monotonic() - started, 1e-6):.0f}/s")
+
+    report.listeners.append(advance)
+    try:
+        with bar:
+            yield
+    finally:
+        report.listeners.remove(advance)
 
 
 def _dry_run(

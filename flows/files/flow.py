@@ -9,10 +9,12 @@ with SIGKILL resumes with exactly the files that were not finished.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.errors import OpsflowError, ValidationError
 from flows.files.discover import InputFile, count_inputs, iter_inputs
 from flows.files.processors import Processor, parse_processor
+from flows.files.report import advance, announce_total, notify_completion, now_iso, write_reports
 from flows.files.work import FileOutcome, attempt, fingerprint, output_path
 from flows.records import files as store
 from flows.records.db import session
@@ -59,6 +62,7 @@ def options_key(processor: str, fallbacks: list[str], output: str | None) -> str
 class ChunkResult:
     processed: int = 0
     skipped: int = 0
+    processing_time: float = 0.0
     failed: list[tuple[str, str, str, str]] = field(default_factory=list)  # path, root, fingerprint, error
 
 
@@ -96,12 +100,15 @@ def process_chunk(
             if print_ in done and (target is None or target.exists()):
                 skipped_rows.append(FileOutcome(str(item.path), print_, "skipped", attempts=0).record(job_id))
                 result.skipped += 1
+                advance()
                 continue
             outcome = attempt(item, proc, output_dir=output_dir, timeout=timeout, print_=print_)
+            result.processing_time += outcome.duration
             if outcome.status == "completed":
                 store.record_results(db, [outcome.record(job_id)])
                 db.commit()  # each file as soon as it is done: a killed run redoes only unfinished ones
                 result.processed += 1
+                advance()
             else:
                 logger.warning(f"{item.path.name}: {outcome.error} (will retry)")
                 result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
@@ -141,7 +148,7 @@ def retry_file(
         raise StillFailing(outcome.error)
     with session() as db:
         store.record_results(db, [outcome.record(job_id)])
-    return {"attempts": outcome.attempts}
+    return {"attempts": outcome.attempts, "duration": outcome.duration}
 
 
 def _chunks(inputs: list[str], size: int) -> Iterator[list[tuple[str, str]]]:
@@ -150,7 +157,12 @@ def _chunks(inputs: list[str], size: int) -> Iterator[list[tuple[str, str]]]:
         yield chunk
 
 
-@flow(name="process-files", task_runner=ThreadPoolTaskRunner(max_workers=THREADS), persist_result=False)
+@flow(
+    name="process-files",
+    flow_run_name="files-{name}",
+    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),
+    persist_result=False,
+)
 def process_files(
     inputs: list[str],
     processor: str,
@@ -165,8 +177,12 @@ def process_files(
     timeout: float | None = 300.0,
     chunk_size: int | None = None,
     name: str = "files",
+    notify: str | None = None,
 ) -> State:
-    """Process every file of `inputs` with `processor` (see `python -m flows.batch files run --help`)."""
+    """Process every file of `inputs` with `processor` (see `python -m flows.batch files run --help`).
+
+    `notify` is an apprise URL (e.g. `json://host:port/path`) that receives the summary at the
+    end; a receiver that is down only produces a warning."""
     try:
         return _process(**locals())
     except OpsflowError as err:
@@ -188,19 +204,26 @@ def _process(
     timeout: float | None,
     chunk_size: int | None,
     name: str,
+    notify: str | None,
 ) -> State:
     logger = get_run_logger()
     fallbacks = list(fallback or [])
     if mode not in ("sequential", "parallel"):
         raise ValidationError(f"--mode must be sequential, parallel or queue, not {mode!r}")
     for spec in [processor, *fallbacks]:
-        processor_for(spec)  # bad specs fail before any file is touched
+        if getattr(processor_for(spec), "uses_output", False) and not output:  # bad specs fail first
+            raise ValidationError(
+                f"processor `{spec}` writes {{output}}: give an output directory (--output)"
+            )
     workers = 1 if mode == "sequential" else max(1, workers)
     total = count_inputs(inputs)
     if total == 0:
         raise ValidationError(f"no input files in {', '.join(inputs)}")
+    announce_total(total)
     size = chunk_size or chunk_size_for(total, workers)
     options = options_key(processor, fallbacks, output)
+    if output:
+        _remove_stale_temporaries(Path(output))
     started = time.monotonic()
     with session() as db:
         job = store.start_job(
@@ -220,16 +243,18 @@ def _process(
     logger.info(f"job {job_id[:8]}: {total} files, chunks of {size}, {workers} worker(s)")
 
     counts = {"processed": 0, "skipped": 0, "retried": 0, "fallback": 0, "dead_lettered": 0}
+    timing = {"processing_time": 0.0}
+    started_at = now_iso()
     failed: list[tuple[str, str, str, str]] = []
     pending: set[PrefectFuture] = set()
     for chunk in _chunks(inputs, size):
         if len(pending) >= workers * 2:  # bounded: the file list is streamed, never held whole
             done = next(as_completed(list(pending)))
             pending.discard(done)
-            _absorb(done, counts, failed)
+            _absorb(done, counts, failed, timing)
         pending.add(process_chunk.submit(job_id, chunk, processor, output, timeout, options, force))
     for done in as_completed(list(pending)):
-        _absorb(done, counts, failed)
+        _absorb(done, counts, failed, timing)
 
     if failed:
         _recover(
@@ -242,25 +267,42 @@ def _process(
     summary = {
         "job_id": job_id,
         "name": name,
+        "status": status,
         "total": total,
         **counts,
         "duration": round(duration, 3),
-        "status": status,
+        "processing_time": round(timing["processing_time"], 3),
+        "started_at": started_at,
+        "finished_at": now_iso(),
     }
+    summary["reports"] = str(write_reports(summary))
     create_table_artifact(
         table=[{"metric": k, "value": v} for k, v in summary.items()],
-        key="files-" + name.lower().replace("_", "-"),
+        key="files-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "batch"),
         description=f"**{name}**: {counts['processed']} processed, {counts['skipped']} unchanged, "
         f"{counts['dead_lettered']} dead-lettered of {total} in {duration:.1f}s",
     )
+    if notify:
+        notify_completion(notify, summary, logger.warning)
     if counts["dead_lettered"]:
         return Failed(message=f"{counts['dead_lettered']} file(s) in the dead-letter queue", data=summary)
     return Completed(message=f"{counts['processed']} processed, {counts['skipped']} unchanged", data=summary)
 
 
-def _absorb(future: PrefectFuture, counts: dict[str, int], failed: list) -> None:
+def _remove_stale_temporaries(output: Path) -> None:
+    """Temporary outputs left by a killed run (never renamed into place) are removed, so the
+    output tree holds only finished files. One batch per output directory at a time."""
+    if not output.is_dir():
+        return
+    for leftover in output.rglob(".opsflow-*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _absorb(future: PrefectFuture, counts: dict[str, int], failed: list, timing: dict[str, float]) -> None:
     future.wait()
     result: ChunkResult = future.result()
+    timing["processing_time"] += result.processing_time
     counts["processed"] += result.processed
     counts["skipped"] += result.skipped
     failed.extend(result.failed)
@@ -316,6 +358,7 @@ def _recover(
             state = future.state
             if state.is_completed():
                 remaining.pop(path)
+                advance()
                 if index > 0:
                     counts["fallback"] += 1
                 counts["processed"] += 1
@@ -346,6 +389,7 @@ def _recover(
                 ],
             )
         counts["dead_lettered"] += 1
+        advance()
 
 
 @task(name="reprocess-dead-letter", cache_policy=NO_CACHE, persist_result=False)
@@ -358,6 +402,7 @@ def reprocess_item(item_id: int, processor: str | None, timeout: float | None) -
         tried = json.loads(item.processors)
         spec = processor or tried[0]
         path, output_dir = Path(item.input_path), item.output_dir
+        batch_print, batch_job = item.fingerprint, item.job_id
         root = Path(json.loads(item.options or "{}").get("root") or path.parent)
     if not path.is_file():
         error = "the input file no longer exists"
@@ -376,6 +421,9 @@ def reprocess_item(item_id: int, processor: str | None, timeout: float | None) -
     with session() as db:
         if outcome is not None and outcome.status == "completed":
             store.resolve_dead_letter(db, item_id)
+            # The batch that gave up on this file now has it: its record says completed (under the
+            # batch's own content hash), so re-running that batch skips the file.
+            store.record_results(db, [{**outcome.record(batch_job), "fingerprint": batch_print}])
             return {"id": item_id, "status": "resolved", "processor": spec}
         store.dead_letter_failed_again(
             db, item_id, error, 1, json.dumps([*tried, spec] if spec not in tried else tried)

@@ -106,3 +106,88 @@ def test_bad_input_is_a_validation_error(records, tmp_path):
     assert isinstance(value, ValidationError)
     state, value = run(inputs=[str(tmp_path)], processor="no_module_here:fn")
     assert isinstance(value, ValidationError)
+
+
+def test_sigkill_mid_batch_then_resume(records, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest_helpers import wait_for
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02d}.txt").write_text(f"{i}\n" * 1000)
+    out = tmp_path / "out"
+    slow = 'sh -c \'sleep 0.1; cp "$1" "$2"\' _ {input} {output}'
+    command = [
+        sys.executable,
+        "-m",
+        "flows.batch",
+        "files",
+        "run",
+        str(src),
+        "-p",
+        slow,
+        "-o",
+        str(out),
+        "--chunk-size",
+        "5",
+        "-q",
+    ]
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_for(lambda: out.exists() and len([p for p in out.iterdir() if not p.name.startswith(".")]) >= 15, 60)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with session() as db:
+        first_job = store.list_jobs(db, limit=1)[0]
+        done_before = {r.input_path for r in store.job_results(db, first_job.id, status="completed")}
+    assert 15 <= len(done_before) < 60
+    time.sleep(0.2)
+    again = subprocess.run(command[:-1] + ["--json"], env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-2000:]
+    import json
+
+    summary = json.loads(again.stdout)
+    assert summary["skipped"] == len(done_before)
+    assert summary["processed"] == 60 - len(done_before)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())  # no temporaries
+    for produced in out.iterdir():
+        assert produced.read_text() == (src / produced.name).read_text()  # nothing half-written
+    with session() as db:
+        rows = store.job_results(db, first_job.id) + store.job_results(db, summary["job_id"])
+    completed = [r.input_path for r in rows if r.status == "completed"]
+    assert len(completed) == len(set(completed)) == 60  # none lost, none done twice
+
+
+def test_completion_callback_from_the_flow(records, inputs, tmp_path):
+    from .test_report import Receiver
+
+    receiver = Receiver()
+    try:
+        state, summary = run(
+            inputs=[str(inputs)],
+            processor="cp {input} {output}",
+            output=str(tmp_path / "o"),
+            notify=receiver.url,
+        )
+    finally:
+        receiver.close()
+    assert state.is_completed()
+    sent = json.loads(json.loads(receiver.bodies[0])["message"])
+    assert sent["job_id"] == summary["job_id"] and sent["processed"] == 7
+    state, _ = run(
+        inputs=[str(inputs)],
+        processor="cp {input} {output}",
+        output=str(tmp_path / "o"),
+        notify="json://127.0.0.1:1/x",
+    )
+    assert state.is_completed()  # a dead receiver never fails the batch
+    state, value = run(inputs=[str(inputs)], processor="cp {input} {output}")
+    assert state.is_failed() and "give an output directory" in str(value)

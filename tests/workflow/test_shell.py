@@ -60,7 +60,9 @@ def test_environment_is_passed():
 def test_a_huge_line_costs_neither_time_nor_memory():
     lines = []
     started = time.monotonic()
-    result = run_command("head -c 33554432 /dev/zero | tr '\\0' a; echo; echo done", on_line=lambda s, l2: lines.append(l2))
+    result = run_command(
+        "head -c 33554432 /dev/zero | tr '\\0' a; echo; echo done", on_line=lambda s, l2: lines.append(l2)
+    )
     assert result.ok and time.monotonic() - started < 5
     assert lines[-1] == "done" and lines[0].endswith("…[cut]") and len(lines[0]) < 5000
 
