@@ -82,6 +82,9 @@ def run(
         str | None, typer.Option(help="apprise URL told the result at the end, e.g. json://host:8080/hook.")
     ] = None,
     name: Annotated[str, typer.Option(help="A label for the job in history, metrics and the UI.")] = "files",
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Stop at the first failing file (no retries, no fallbacks).")
+    ] = False,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -138,6 +141,7 @@ def run(
             chunk_size=chunk_size,
             notify=notify,
             name=name,
+            fail_fast=fail_fast,
             return_state=True,
         )
     value = state.result(raise_on_failure=False)
@@ -147,7 +151,7 @@ def run(
         console.error(f"the flow run ended {state.name}: {state.message or value}")
         return 1
     _print_summary(console, value, json_output)
-    return 1 if value["dead_lettered"] else EXIT_OK
+    return 1 if value["dead_lettered"] or value.get("failed") else EXIT_OK
 
 
 def _print_summary(console: Console, summary: dict[str, Any], json_output: bool) -> None:
@@ -159,6 +163,10 @@ def _print_summary(console: Console, summary: dict[str, Any], json_output: bool)
         f"{summary['skipped']} unchanged, {summary['retried']} retried, {summary['fallback']} by fallback, "
         f"{summary['dead_lettered']} dead-lettered in {summary['duration']:.1f}s"
     )
+    if summary.get("failed"):
+        console.out(
+            f"stopped by --fail-fast: {summary['failed']} failed, {summary['not_started']} not started"
+        )
     console.out(f"summary and metrics (JSON, Prometheus): {summary['reports']}")
 
 

@@ -178,6 +178,7 @@ def process_files(
     chunk_size: int | None = None,
     name: str = "files",
     notify: str | None = None,
+    fail_fast: bool = False,
 ) -> State:
     """Process every file of `inputs` with `processor` (see `python -m flows.batch files run --help`).
 
@@ -205,6 +206,7 @@ def _process(
     chunk_size: int | None,
     name: str,
     notify: str | None,
+    fail_fast: bool,
 ) -> State:
     logger = get_run_logger()
     fallbacks = list(fallback or [])
@@ -252,18 +254,29 @@ def _process(
             done = next(as_completed(list(pending)))
             pending.discard(done)
             _absorb(done, counts, failed, timing)
+        if fail_fast and failed:
+            break
         pending.add(process_chunk.submit(job_id, chunk, processor, output, timeout, options, force))
     for done in as_completed(list(pending)):
         _absorb(done, counts, failed, timing)
 
-    if failed:
+    if failed and fail_fast:
+        counts["dead_lettered"] = 0
+        logger.error(
+            f"--fail-fast: stopped after {len(failed)} failed file(s); first: {failed[0][0]}: {failed[0][3]}"
+        )
+        counts["not_started"] = total - counts["processed"] - counts["skipped"] - len(failed)
+        counts["failed"] = len(failed)
+    elif failed:
         _recover(
             job_id, failed, processor, fallbacks, output, timeout, retries, retry_delay, max_delay, counts
         )
     duration = time.monotonic() - started
-    status = "failed" if counts["dead_lettered"] else "completed"
+    status = "failed" if counts["dead_lettered"] or counts.get("failed") else "completed"
     with session() as db:
-        store.finish_job(db, job_id, status, counts, duration)
+        store.finish_job(
+            db, job_id, status, {k: v for k, v in counts.items() if k in store.JOB_COUNTERS}, duration
+        )
     summary = {
         "job_id": job_id,
         "name": name,
@@ -284,6 +297,8 @@ def _process(
     )
     if notify:
         notify_completion(notify, summary, logger.warning)
+    if counts.get("failed"):
+        return Failed(message=f"stopped at the first failure (--fail-fast): {failed[0][0]}", data=summary)
     if counts["dead_lettered"]:
         return Failed(message=f"{counts['dead_lettered']} file(s) in the dead-letter queue", data=summary)
     return Completed(message=f"{counts['processed']} processed, {counts['skipped']} unchanged", data=summary)

@@ -45,8 +45,11 @@ class FileOutcome:
 
 
 def fingerprint(path: Path, identity: str, options: str) -> str:
-    """sha256 of the file's bytes, the processor's identity and the options that shape output."""
+    """sha256 of the file's path and bytes, the processor's identity and the options that shape
+    output. The path is part of it: two files with the same bytes are still two inputs."""
     digest = hashlib.sha256()
+    digest.update(str(path).encode("utf-8", "surrogateescape"))
+    digest.update(b"\0")
     digest.update(identity.encode())
     digest.update(b"\0")
     digest.update(options.encode())

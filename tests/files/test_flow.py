@@ -191,3 +191,18 @@ def test_completion_callback_from_the_flow(records, inputs, tmp_path):
     assert state.is_completed()  # a dead receiver never fails the batch
     state, value = run(inputs=[str(inputs)], processor="cp {input} {output}")
     assert state.is_failed() and "give an output directory" in str(value)
+
+
+def test_fail_fast_stops_at_the_first_failure(records, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}.txt").write_text("bad\n" if i == 0 else "ok\n")
+    state, summary = run(
+        inputs=[str(src)], processor="grep -q ok {input}", fail_fast=True, chunk_size=5, workers=1
+    )
+    assert state.is_failed()
+    assert summary["failed"] == 1 and summary["dead_lettered"] == 0
+    assert summary["processed"] + summary["not_started"] == 39 and summary["not_started"] > 0
+    with session() as db:
+        assert store.list_dead_letters(db) == []

@@ -172,3 +172,10 @@ def test_records_processor(tmp_path):
 def test_bad_processor_specs(spec, needle):
     with pytest.raises(ValidationError, match=needle):
         parse_processor(spec)
+
+
+def test_same_bytes_at_two_paths_are_two_inputs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("same")
+    b.write_text("same")
+    assert fingerprint(a, "p", "{}") != fingerprint(b, "p", "{}")
