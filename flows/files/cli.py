@@ -82,6 +82,9 @@ def run(
         str | None, typer.Option(help="apprise URL told the result at the end, e.g. json://host:8080/hook.")
     ] = None,
     name: Annotated[str, typer.Option(help="A label for the job in history, metrics and the UI.")] = "files",
+    deployment: Annotated[
+        str, typer.Option(help="--mode queue: the chunk deployment workers drain (flow/deployment).")
+    ] = "files-chunk/files-chunk",
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failing file (no retries, no fallbacks).")
     ] = False,
@@ -97,9 +100,7 @@ def run(
         fallbacks = split_fallbacks(fallback)
         for spec in [processor, *fallbacks]:
             parse_processor(spec)
-        if mode == "queue":
-            raise ValidationError("--mode queue is not available yet: use sequential or parallel")
-        if mode not in ("sequential", "parallel"):
+        if mode not in ("sequential", "parallel", "queue"):
             raise ValidationError(f"--mode must be sequential, parallel or queue, not {mode!r}")
         if (
             output is not None
@@ -119,7 +120,11 @@ def run(
 
     settings = get_settings()
     try:
-        ensure_api(settings.server, settings.server_port, console.info)
+        url = ensure_api(settings.server, settings.server_port, console.info)
+        if mode == "queue" and url is None:
+            raise ValidationError(
+                "--mode queue needs a Prefect server its workers share: set PREFECT_API_URL"
+            )
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
@@ -142,6 +147,7 @@ def run(
             notify=notify,
             name=name,
             fail_fast=fail_fast,
+            deployment=deployment,
             return_state=True,
         )
     value = state.result(raise_on_failure=False)

@@ -179,6 +179,7 @@ def process_files(
     name: str = "files",
     notify: str | None = None,
     fail_fast: bool = False,
+    deployment: str = "files-chunk/files-chunk",
 ) -> State:
     """Process every file of `inputs` with `processor` (see `python -m flows.batch files run --help`).
 
@@ -207,10 +208,11 @@ def _process(
     name: str,
     notify: str | None,
     fail_fast: bool,
+    deployment: str,
 ) -> State:
     logger = get_run_logger()
     fallbacks = list(fallback or [])
-    if mode not in ("sequential", "parallel"):
+    if mode not in ("sequential", "parallel", "queue"):
         raise ValidationError(f"--mode must be sequential, parallel or queue, not {mode!r}")
     for spec in [processor, *fallbacks]:
         if getattr(processor_for(spec), "uses_output", False) and not output:  # bad specs fail first
@@ -249,7 +251,26 @@ def _process(
     started_at = now_iso()
     failed: list[tuple[str, str, str, str]] = []
     pending: set[PrefectFuture] = set()
-    for chunk in _chunks(inputs, size):
+    if mode == "queue":
+        from flows.files.queue import run_on_workers
+
+        queued, failed, processing = run_on_workers(
+            _chunks(inputs, size),
+            job_id=job_id,
+            inputs=inputs,
+            deployment=deployment,
+            parameters={
+                "processor": processor,
+                "output": output,
+                "timeout": timeout,
+                "options": options,
+                "force": force,
+            },
+        )
+        counts.update(queued)
+        timing["processing_time"] += processing
+        advance(counts["processed"] + counts["skipped"])
+    for chunk in _chunks(inputs, size) if mode != "queue" else ():
         if len(pending) >= workers * 2:  # bounded: the file list is streamed, never held whole
             done = next(as_completed(list(pending)))
             pending.discard(done)
