@@ -436,3 +436,69 @@ def dlq_reprocess(
             )
         console.out(f"{value['resolved']} resolved, {value['failed']} failed again")
     return 1 if value["failed"] else EXIT_OK
+
+
+@files_app.command("serve")
+def serve(
+    root: Annotated[list[Path], typer.Option("--root", help="Directory events may name (repeatable).")],
+    processor: Annotated[str, typer.Option("--processor", "-p", help="Processor for every event's files.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for outputs.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8787,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--allow-host", help="Host url_submitted may download from (repeatable)."),
+    ] = None,
+    deployment: Annotated[
+        str | None, typer.Option(help="Run batches as runs of this deployment (flow/deployment).")
+    ] = None,
+    secret_env: Annotated[
+        str, typer.Option(help="Environment variable holding the shared HMAC secret.")
+    ] = "OPSFLOW_WEBHOOK_SECRET",
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Accept signed webhook events (file_uploaded, batch_request, url_submitted) and run batches."""
+    import os
+
+    from flows.files.processors import parse_processor
+
+    console = Console("webhook", verbose=verbose, quiet=quiet)
+    secret = os.environ.get(secret_env, "")
+    try:
+        if len(secret) < 16:
+            raise ValidationError(f"{secret_env} must hold the shared secret (16 characters or more)")
+        if any(not r.is_dir() for r in root):
+            raise ValidationError(f"--root must be existing directories: {', '.join(str(r) for r in root)}")
+        parse_processor(processor)
+        from flows.local_server import ensure_api
+        from flows.settings import get_settings
+
+        settings = get_settings()
+        ensure_api(settings.server, settings.server_port, console.info)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    from flows.files.webhook import IntakeConfig, make_server
+
+    config = IntakeConfig(
+        secret=secret.encode(),
+        roots=tuple(r.resolve() for r in root),
+        processor=processor,
+        output=str(output.resolve()) if output else None,
+        allow_hosts=frozenset(allow_host or []),
+        deployment=deployment,
+    )
+    try:
+        server = make_server(config, host, port)
+    except OSError as exc:
+        console.error(f"cannot listen on {host}:{port}: {exc.strerror}")
+        return 4
+    console.info(f"accepting signed events on http://{host}:{server.server_port}/webhook")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.info("stopped")
+    finally:
+        server.server_close()
+    return EXIT_OK

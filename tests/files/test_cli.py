@@ -74,6 +74,7 @@ def test_files_commands(tmp_path):
         (["run", ".", "-p", "cat {input}", "--mode", "warp"], 3, "--mode must be"),
         (["report", "zzzzzzzz"], 3, "no batch job"),
         (["dlq", "show", "999999"], 3, "no dead-letter item"),
+        (["serve", "--root", ".", "-p", "cat {input}"], 3, "must hold the shared secret"),
     ],
 )
 def test_bad_input_exit_codes(tmp_path, args, code, needle):
