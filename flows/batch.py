@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import files_app
@@ -34,9 +35,6 @@ server_app = typer.Typer(
 app.add_typer(server_app, name="server")
 app.add_typer(files_app, name="files")
 
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show debug lines.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings, errors and results.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]
 Env = Annotated[
     str | None, typer.Option("--env", "-e", help="Target environment (the `environment` parameter).")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 
@@ -19,10 +20,6 @@ files_app = typer.Typer(
 )
 dlq_app = typer.Typer(help="The dead-letter queue: files that failed every processor.", no_args_is_help=True)
 files_app.add_typer(dlq_app, name="dlq")
-
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show debug lines.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings, errors and results.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
 def split_fallbacks(values: list[str] | None) -> list[str]:
@@ -274,25 +271,36 @@ def history(
 ) -> int:
     """Recent batch jobs, newest first."""
     from flows.records import files as store
+
+    return _listing(
+        Console("files", verbose=verbose, quiet=quiet),
+        lambda db: store.list_jobs(db, limit=limit),
+        lambda job: (
+            f"{job['id'][:12]}  {job['created_at'][:19]}  {job['status']:<9} {job['total']:>6} files  "
+            f"{job['processed']} processed, {job['skipped']} unchanged, {job['dead_lettered']} dead-lettered"
+        ),
+        "no batch jobs yet",
+        json_output,
+    )
+
+
+def _listing(console: Console, fetch: Any, line: Any, empty: str, json_output: bool) -> int:
+    """Rows from the records database as JSON or one line each."""
     from flows.records.db import session
 
-    console = Console("files", verbose=verbose, quiet=quiet)
     try:
         with session() as db:
-            jobs = [_job_dict(j) for j in store.list_jobs(db, limit=limit)]
+            rows = [_job_dict(row) for row in fetch(db)]
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
     if json_output:
-        console.json(jobs)
+        console.json(rows)
         return EXIT_OK
-    for job in jobs:
-        console.out(
-            f"{job['id'][:12]}  {job['created_at'][:19]}  {job['status']:<9} {job['total']:>6} files  "
-            f"{job['processed']} processed, {job['skipped']} unchanged, {job['dead_lettered']} dead-lettered"
-        )
-    if not jobs:
-        console.out("no batch jobs yet")
+    for row in rows:
+        console.out(line(row))
+    if not rows:
+        console.out(empty)
     return EXIT_OK
 
 
@@ -346,25 +354,16 @@ def dlq_list(
 ) -> int:
     """Files in the dead-letter queue."""
     from flows.records import files as store
-    from flows.records.db import session
 
-    console = Console("files", verbose=verbose, quiet=quiet)
-    try:
-        with session() as db:
-            items = [_job_dict(i) for i in store.list_dead_letters(db, limit=limit)]
-    except OpsflowError as err:
-        console.error(str(err))
-        return err.exit_code
-    if json_output:
-        console.json(items)
-        return EXIT_OK
-    for item in items:
-        console.out(
+    return _listing(
+        Console("files", verbose=verbose, quiet=quiet),
+        lambda db: store.list_dead_letters(db, limit=limit),
+        lambda item: (
             f"{item['id']:>5}  retried {item['retry_count']}x  {item['input_path']}  — {item['error']}"
-        )
-    if not items:
-        console.out("the dead-letter queue is empty")
-    return EXIT_OK
+        ),
+        "the dead-letter queue is empty",
+        json_output,
+    )
 
 
 @dlq_app.command("show")
