@@ -220,8 +220,8 @@ def _dry_run(
     force: bool,
     json_output: bool,
 ) -> int:
+    from flows.files.chunks import options_key
     from flows.files.discover import iter_inputs
-    from flows.files.flow import options_key
     from flows.files.processors import parse_processor
     from flows.files.work import fingerprint, output_path
     from flows.records import files as store
@@ -416,7 +416,7 @@ def dlq_reprocess(
         console.error(str(err))
         return err.exit_code
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
-    from flows.files.flow import reprocess_dead_letters
+    from flows.files.recover import reprocess_dead_letters
 
     state = reprocess_dead_letters(
         ids=ids or None, processor=processor, timeout=timeout or None, return_state=True

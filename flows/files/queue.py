@@ -36,7 +36,7 @@ def process_chunk_flow(
 ) -> dict[str, int]:
     """One chunk of a queue-mode batch, run by whichever worker takes it. Failed files are
     recorded as `failed`; the batch's own flow retries them and runs the fallbacks."""
-    from flows.files.flow import process_chunk
+    from flows.files.chunks import process_chunk
 
     result = process_chunk.fn(job_id, files, processor, output, timeout, options, force)
     if result.failed:

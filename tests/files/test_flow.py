@@ -82,7 +82,7 @@ def test_retries_fallback_and_dead_letter_queue(records, inputs, tmp_path):
         assert item.attempts == 6 and json.loads(item.processors) == [primary, rescue]
         assert "exit code 9" in item.error
 
-    from flows.files.flow import reprocess_dead_letters
+    from flows.files.recover import reprocess_dead_letters
 
     state = reprocess_dead_letters(processor="false {input}", return_state=True)
     assert state.is_failed()

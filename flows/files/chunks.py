@@ -1,0 +1,108 @@
+"""Chunks of a batch: the task that processes a list of files one after another.
+
+One task per file costs ~30 ms of Prefect bookkeeping, so files go through in chunk tasks;
+each file's result is committed to the records database as soon as it is done, so a run
+killed with SIGKILL resumes with exactly the files that were not finished.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.files.discover import InputFile, iter_inputs
+from flows.files.processors import Processor, parse_processor
+from flows.files.report import advance
+from flows.files.work import FileOutcome, attempt, fingerprint, output_path
+from flows.records import files as store
+from flows.records.db import session
+
+MAX_CHUNK = 200
+
+
+@functools.lru_cache(maxsize=32)
+def processor_for(spec: str) -> Processor:
+    return parse_processor(spec)
+
+
+def chunk_size_for(total: int, workers: int) -> int:
+    """Enough chunks to keep every worker busy (8 each), few enough to keep Prefect's cost low."""
+    return max(1, min(MAX_CHUNK, math.ceil(total / (workers * 8))))
+
+
+def options_key(processor: str, fallbacks: list[str], output: str | None) -> str:
+    """The options that shape a file's output, as part of its content hash."""
+    return json.dumps({"output": bool(output)}, sort_keys=True)
+
+
+@dataclass
+class ChunkResult:
+    processed: int = 0
+    skipped: int = 0
+    processing_time: float = 0.0
+    failed: list[tuple[str, str, str, str]] = field(default_factory=list)  # path, root, fingerprint, error
+
+
+@task(name="process-chunk", cache_policy=NO_CACHE, persist_result=False)
+def process_chunk(
+    job_id: str,
+    files: list[tuple[str, str]],
+    processor: str,
+    output: str | None,
+    timeout: float | None,
+    options: str,
+    force: bool,
+) -> ChunkResult:
+    """Process files one after another; commit each result as soon as it exists."""
+    logger = get_run_logger()
+    proc = processor_for(processor)
+    output_dir = Path(output) if output else None
+    inputs = [InputFile(Path(p), Path(r)) for p, r in files]
+    prints = {}
+    result = ChunkResult()
+    for item in inputs:
+        try:
+            prints[item.path] = fingerprint(item.path, proc.identity, options)
+        except OSError as exc:
+            result.failed.append((str(item.path), str(item.root), "", f"cannot read: {exc.strerror}"))
+    with session() as db:
+        done = set() if force else store.completed_fingerprints(db, prints.values())
+    skipped_rows = []
+    with session() as db:
+        for item in inputs:
+            if item.path not in prints:
+                continue
+            print_ = prints[item.path]
+            target = output_path(item, proc, output_dir)
+            if print_ in done and (target is None or target.exists()):
+                skipped_rows.append(FileOutcome(str(item.path), print_, "skipped", attempts=0).record(job_id))
+                result.skipped += 1
+                advance()
+                continue
+            outcome = attempt(item, proc, output_dir=output_dir, timeout=timeout, print_=print_)
+            result.processing_time += outcome.duration
+            if outcome.status == "completed":
+                store.record_results(db, [outcome.record(job_id)])
+                db.commit()  # each file as soon as it is done: a killed run redoes only unfinished ones
+                result.processed += 1
+                advance()
+            else:
+                logger.warning(f"{item.path.name}: {outcome.error} (will retry)")
+                result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
+        if skipped_rows:
+            store.record_results(db, skipped_rows)
+    return result
+
+
+def iter_chunks(inputs: list[str], size: int) -> Iterator[list[tuple[str, str]]]:
+    stream = ((str(f.path), str(f.root)) for f in iter_inputs(inputs))
+    while chunk := list(itertools.islice(stream, size)):
+        yield chunk
