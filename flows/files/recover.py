@@ -16,6 +16,7 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.backoff import backoff_delays
 from flows.errors import OpsflowError
 from flows.files.chunks import options_key, processor_for
 from flows.files.discover import InputFile
@@ -23,8 +24,6 @@ from flows.files.report import advance
 from flows.files.work import FileOutcome, attempt, fingerprint
 from flows.records import files as store
 from flows.records.db import session
-from flows.workflow.plan import retry_delays
-from flows.workflow.spec import Retry
 
 
 class StillFailing(Exception):
@@ -76,16 +75,13 @@ def recover(
     """Retry each failed file (Prefect retries, jittered backoff), then each fallback in order,
     then the dead-letter queue."""
     logger = get_run_logger()
-    policy = Retry(
-        attempts=retries + 1, delay=retry_delay, backoff="exponential", jitter=0.25, max_delay=max_delay
-    )
     remaining = {path: (root, print_, error) for path, root, print_, error in failed}
     tried: dict[str, list[str]] = {path: [processor] for path in remaining}
     chain = [(processor, retries), *[(spec, retries) for spec in fallbacks]]
     for index, (spec, tries) in enumerate(chain):
         if not remaining:
             break
-        delays = retry_delays(policy)
+        delays = backoff_delays(retries + 1, retry_delay, "exponential", jitter=0.25, max_delay=max_delay)
         if index == 0:
             counts["retried"] += len(remaining)
             if tries == 0:

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.backoff import backoff_delays
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.params import Bound
@@ -88,16 +89,9 @@ def retry_delays(
     """
     if retry is None or retry.attempts <= 1:
         return []
-    rng = rng or random.Random()
-    delays = []
-    for n in range(1, retry.attempts):
-        base = {"fixed": retry.delay, "linear": retry.delay * n, "exponential": retry.delay * 2 ** (n - 1)}[
-            retry.backoff
-        ]
-        base = min(base, retry.max_delay)
-        spread = base * retry.jitter if jitter else 0.0
-        delays.append(round(max(0.0, base + rng.uniform(-spread, spread)), 3))
-    return delays
+    return backoff_delays(
+        retry.attempts, retry.delay, retry.backoff, retry.jitter if jitter else 0.0, retry.max_delay, rng
+    )
 
 
 def default_retry(spec: Workflow) -> Retry | None:
