@@ -43,15 +43,16 @@ def split_fallbacks(values: list[str] | None) -> list[str]:
 
 @files_app.command("run")
 def run(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Directories, files or globs.", show_default=False)],
     processor: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--processor",
             "-p",
             help="Command with {input}/{output}/{name}, module:function, or records:SCHEMA.json.",
         ),
-    ],
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Directory for outputs (mirrors the input tree).")
     ] = None,
@@ -84,6 +85,12 @@ def run(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failing file (no retries, no fallbacks).")
     ] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML of defaults and per-environment settings for these options.")
+    ] = None,
+    env: Annotated[
+        str | None, typer.Option("--env", "-e", help="Environment section of --config to apply.")
+    ] = None,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -93,6 +100,28 @@ def run(
     try:
         from flows.files.processors import parse_processor
 
+        if config is not None:
+            # Options given on the command line win; the file fills in the rest.
+            from flows.files.config import load_batch_config
+
+            given = {
+                n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"
+            }
+            for key, value in load_batch_config(config, env).items():
+                if key not in given:
+                    ctx.params[key] = value
+            processor, mode, workers, retries = (
+                ctx.params[k] for k in ("processor", "mode", "workers", "retries")
+            )
+            retry_delay, fallback, timeout, chunk_size = (
+                ctx.params[k] for k in ("retry_delay", "fallback", "timeout", "chunk_size")
+            )
+            notify, name, deployment = ctx.params["notify"], ctx.params["name"], ctx.params["deployment"]
+            output = Path(ctx.params["output"]) if ctx.params["output"] is not None else None
+        elif env is not None:
+            raise ValidationError("--env selects a section of --config; give --config too")
+        if not processor:
+            raise ValidationError("give --processor (or a --config that sets `processor`)")
         fallbacks = split_fallbacks(fallback)
         for spec in [processor, *fallbacks]:
             parse_processor(spec)

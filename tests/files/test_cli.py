@@ -83,3 +83,24 @@ def test_bad_input_exit_codes(tmp_path, args, code, needle):
     done = opsflow(*args, env=env)
     assert done.returncode == code, done.stderr[-1500:]
     assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_config_file_with_environment_overrides(tmp_path):
+    env = dict(os.environ, OPSFLOW_HOME=str(tmp_path / "home"))
+    env.pop("OPSFLOW_DATABASE_URL", None)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    config = tmp_path / "batches.yaml"
+    config.write_text(
+        f"defaults:\n  processor: 'cp {{input}} {{output}}'\n  output: {tmp_path / 'dflt'}\n"
+        f"environments:\n  production:\n    output: {tmp_path / 'prod'}\n"
+    )
+    prod = opsflow("run", str(src), "--config", str(config), "-e", "production", "--dry-run", env=env)
+    assert prod.returncode == 10 and str(tmp_path / "prod" / "a.txt") in prod.stdout
+    cli_wins = opsflow(
+        "run", str(src), "--config", str(config), "-o", str(tmp_path / "x"), "--dry-run", env=env
+    )
+    assert str(tmp_path / "x" / "a.txt") in cli_wins.stdout
+    lonely = opsflow("run", str(src), "-e", "production", "--dry-run", env=env)
+    assert lonely.returncode == 3 and "give --config too" in lonely.stderr
