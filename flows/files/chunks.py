@@ -102,7 +102,9 @@ def process_chunk(
     return result
 
 
-def iter_chunks(inputs: list[str], size: int) -> Iterator[list[tuple[str, str]]]:
-    stream = ((str(f.path), str(f.root)) for f in iter_inputs(inputs))
+def iter_chunks(
+    inputs: list[str], size: int, roots: list[str] | None = None
+) -> Iterator[list[tuple[str, str]]]:
+    stream = ((str(f.path), str(f.root)) for f in iter_inputs(inputs, allowed_roots=roots))
     while chunk := list(itertools.islice(stream, size)):
         yield chunk

@@ -85,6 +85,10 @@ def run(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failing file (no retries, no fallbacks).")
     ] = False,
+    root: Annotated[
+        list[Path] | None,
+        typer.Option("--root", help="Allowed input roots: inputs elsewhere exit 5 (repeatable)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML of defaults and per-environment settings for these options.")
     ] = None,
@@ -134,6 +138,10 @@ def run(
             and ":" not in processor.split()[0]
         ):
             console.warning("--output is given but the processor template does not use {output}")
+        if root:
+            from flows.files.discover import count_inputs
+
+            count_inputs(inputs, allowed_roots=[str(r) for r in root])  # refuse before starting anything
         if dry_run:
             return _dry_run(console, inputs, processor, fallbacks, output, force, json_output)
     except OpsflowError as err:
@@ -173,6 +181,7 @@ def run(
             name=name,
             fail_fast=fail_fast,
             deployment=deployment,
+            roots=[str(r.resolve()) for r in root] if root else None,
             return_state=True,
         )
     value = state.result(raise_on_failure=False)

@@ -60,6 +60,7 @@ def process_files(
     notify: str | None = None,
     fail_fast: bool = False,
     deployment: str = "files-chunk/files-chunk",
+    roots: list[str] | None = None,
 ) -> State:
     """Process every file of `inputs` with `processor` (see `python -m flows.batch files run --help`).
 
@@ -89,6 +90,7 @@ def _process(
     notify: str | None,
     fail_fast: bool,
     deployment: str,
+    roots: list[str] | None,
 ) -> State:
     logger = get_run_logger()
     fallbacks = list(fallback or [])
@@ -100,7 +102,7 @@ def _process(
                 f"processor `{spec}` writes {{output}}: give an output directory (--output)"
             )
     workers = 1 if mode == "sequential" else max(1, workers)
-    total = count_inputs(inputs)
+    total = count_inputs(inputs, allowed_roots=roots)
     if total == 0:
         raise ValidationError(f"no input files in {', '.join(inputs)}")
     announce_total(total)
@@ -135,7 +137,7 @@ def _process(
         from flows.files.queue import run_on_workers
 
         queued, failed, processing = run_on_workers(
-            iter_chunks(inputs, size),
+            iter_chunks(inputs, size, roots),
             job_id=job_id,
             inputs=inputs,
             deployment=deployment,
@@ -150,7 +152,7 @@ def _process(
         counts.update(queued)
         timing["processing_time"] += processing
         advance(counts["processed"] + counts["skipped"])
-    for chunk in iter_chunks(inputs, size) if mode != "queue" else ():
+    for chunk in iter_chunks(inputs, size, roots) if mode != "queue" else ():
         if len(pending) >= workers * 2:  # bounded: the file list is streamed, never held whole
             done = next(as_completed(list(pending)))
             pending.discard(done)
