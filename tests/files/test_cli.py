@@ -75,7 +75,11 @@ def test_files_commands(tmp_path):
         (["report", "zzzzzzzz"], 3, "no batch job"),
         (["dlq", "show", "999999"], 3, "no dead-letter item"),
         (["serve", "--root", ".", "-p", "cat {input}"], 3, "must hold the shared secret"),
-        (["run", "tests", "--root", "/tmp/nowhere-else", "-p", "cat {input}"], 5, "outside the allowed roots"),
+        (
+            ["run", "tests", "--root", "/tmp/nowhere-else", "-p", "cat {input}"],
+            5,
+            "outside the allowed roots",
+        ),
     ],
 )
 def test_bad_input_exit_codes(tmp_path, args, code, needle):
