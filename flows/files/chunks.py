@@ -103,8 +103,9 @@ def process_chunk(
 
 
 def iter_chunks(
-    inputs: list[str], size: int, roots: list[str] | None = None
+    inputs: list[str], size: int, roots: list[str] | None = None, exclude: list[str] | None = None
 ) -> Iterator[list[tuple[str, str]]]:
-    stream = ((str(f.path), str(f.root)) for f in iter_inputs(inputs, allowed_roots=roots))
+    files = iter_inputs(inputs, allowed_roots=roots, exclude=exclude or [])
+    stream = ((str(f.path), str(f.root)) for f in files)
     while chunk := list(itertools.islice(stream, size)):
         yield chunk

@@ -268,7 +268,7 @@ def _dry_run(
     options = options_key(processor, fallbacks, str(output) if output else None)
     plan: list[dict[str, str]] = []
     with session() as db:
-        for item in iter_inputs(inputs):
+        for item in iter_inputs(inputs, exclude=[str(output)] if output else []):
             print_ = fingerprint(item.path, proc.identity, options)
             target = output_path(item, proc, output)
             unchanged = (

@@ -6,6 +6,7 @@ each carries the root it was found under, so outputs mirror the input tree.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections.abc import Iterable, Iterator
@@ -25,10 +26,20 @@ class InputFile:
         return self.path.relative_to(self.root)
 
 
-def iter_inputs(inputs: Iterable[str], *, allowed_roots: Iterable[str] | None = None) -> Iterator[InputFile]:
-    """Every regular file named by `inputs`, depth first, sorted per directory, each once."""
+def iter_inputs(
+    inputs: Iterable[str], *, allowed_roots: Iterable[str] | None = None, exclude: Iterable[str] = ()
+) -> Iterator[InputFile]:
+    """Every regular file named by `inputs`, depth first, sorted per directory, each once.
+
+    Directories in `exclude` (the batch's output directory, when it sits inside an input) are
+    not walked: a re-run must not take its own outputs for inputs.
+    """
     roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots else None
     seen_dirs: set[tuple[int, int]] = set()
+    for skipped in exclude:
+        with contextlib.suppress(OSError):
+            info = Path(skipped).stat()
+            seen_dirs.add((info.st_dev, info.st_ino))
     for raw in inputs:
         matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
         if not matches:

@@ -102,7 +102,8 @@ def _process(
                 f"processor `{spec}` writes {{output}}: give an output directory (--output)"
             )
     workers = 1 if mode == "sequential" else max(1, workers)
-    total = count_inputs(inputs, allowed_roots=roots)
+    exclude = [output] if output else []
+    total = count_inputs(inputs, allowed_roots=roots, exclude=exclude)
     if total == 0:
         raise ValidationError(f"no input files in {', '.join(inputs)}")
     announce_total(total)
@@ -137,7 +138,7 @@ def _process(
         from flows.files.queue import run_on_workers
 
         queued, failed, processing = run_on_workers(
-            iter_chunks(inputs, size, roots),
+            iter_chunks(inputs, size, roots, exclude),
             job_id=job_id,
             inputs=inputs,
             deployment=deployment,
@@ -152,7 +153,7 @@ def _process(
         counts.update(queued)
         timing["processing_time"] += processing
         advance(counts["processed"] + counts["skipped"])
-    for chunk in iter_chunks(inputs, size, roots) if mode != "queue" else ():
+    for chunk in iter_chunks(inputs, size, roots, exclude) if mode != "queue" else ():
         if len(pending) >= workers * 2:  # bounded: the file list is streamed, never held whole
             done = next(as_completed(list(pending)))
             pending.discard(done)

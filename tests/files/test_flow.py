@@ -206,3 +206,14 @@ def test_fail_fast_stops_at_the_first_failure(records, tmp_path):
     assert summary["processed"] + summary["not_started"] == 39 and summary["not_started"] > 0
     with session() as db:
         assert store.list_dead_letters(db) == []
+
+
+def test_an_output_directory_inside_the_input_is_not_an_input(records, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    out = src / "out"
+    for _ in range(2):
+        state, summary = run(inputs=[str(src)], processor="cp {input} {output}", output=str(out))
+        assert state.is_completed() and summary["total"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
