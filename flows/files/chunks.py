@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.files.discover import InputFile, iter_inputs
 from flows.files.processors import Processor, parse_processor
 from flows.files.report import advance
-from flows.files.work import FileOutcome, attempt, fingerprint, output_path
+from flows.files.work import FileOutcome, attempt, fingerprint, output_exists, output_path
 from flows.records import files as store
 from flows.records.db import session
 
@@ -82,7 +82,7 @@ def process_chunk(
                 continue
             print_ = prints[item.path]
             target = output_path(item, proc, output_dir)
-            if print_ in done and (target is None or target.exists()):
+            if print_ in done and (target is None or output_exists(target)):
                 skipped_rows.append(FileOutcome(str(item.path), print_, "skipped", attempts=0).record(job_id))
                 result.skipped += 1
                 advance()

@@ -260,7 +260,7 @@ def _dry_run(
     from flows.files.chunks import options_key
     from flows.files.discover import iter_inputs
     from flows.files.processors import parse_processor
-    from flows.files.work import fingerprint, output_path
+    from flows.files.work import fingerprint, output_exists, output_path
     from flows.records import files as store
     from flows.records.db import session
 
@@ -274,7 +274,7 @@ def _dry_run(
             unchanged = (
                 not force
                 and print_ in store.completed_fingerprints(db, [print_])
-                and (target is None or target.exists())
+                and (target is None or output_exists(target))
             )
             plan.append(
                 {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -46,17 +47,31 @@ def iter_inputs(
             raise ValidationError(f"no file matches {raw!r}")
         for match in matches:
             path = Path(match).resolve()
-            if roots is not None and not any(path == r or r in path.parents for r in roots):
+            if not _inside(path, roots):
                 raise PermissionFailure(f"{path} is outside the allowed roots ({', '.join(map(str, roots))})")
             if path.is_dir():
-                yield from _walk(path, path, seen_dirs)
+                yield from _walk(path, path, seen_dirs, roots)
             elif path.is_file():
-                yield InputFile(path, path.parent)
+                # A file matched by a glob keeps its place under the glob's fixed prefix, so
+                # `in/**/*.csv` mirrors the tree instead of flattening it.
+                yield InputFile(path, _glob_base(raw) if glob.has_magic(raw) else path.parent)
             elif not path.exists():
                 raise ValidationError("no such file or directory", where=str(match))
 
 
-def _walk(directory: Path, root: Path, seen: set[tuple[int, int]]) -> Iterator[InputFile]:
+def _glob_base(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    fixed = [p for p in itertools.takewhile(lambda part: not glob.has_magic(part), parts)]
+    return Path(*fixed).resolve() if fixed else Path.cwd()
+
+
+def _inside(path: Path, roots: list[Path] | None) -> bool:
+    return roots is None or any(path == r or r in path.parents for r in roots)
+
+
+def _walk(
+    directory: Path, root: Path, seen: set[tuple[int, int]], roots: list[Path] | None = None
+) -> Iterator[InputFile]:
     try:
         info = directory.stat()
     except OSError as exc:
@@ -73,8 +88,11 @@ def _walk(directory: Path, root: Path, seen: set[tuple[int, int]]) -> Iterator[I
     for entry in names:
         if entry.name.startswith(".opsflow-"):  # our own temporary outputs
             continue
+        if entry.is_symlink() and not _inside(Path(entry.path).resolve(), roots):
+            # A link inside an allowed root must not lead out of it.
+            raise PermissionFailure(f"{entry.path} links outside the allowed roots")
         if entry.is_dir(follow_symlinks=True):
-            yield from _walk(Path(entry.path), root, seen)
+            yield from _walk(Path(entry.path), root, seen, roots)
         elif entry.is_file(follow_symlinks=True):
             yield InputFile(Path(entry.path), root)
 

@@ -24,7 +24,9 @@ from typing import Any, Protocol
 
 from flows.errors import ValidationError
 from flows.workflow.shell import run_command
+from flows.workflow.shellctx import ACTION, quote_contexts, quote_in
 
+PLACEHOLDER = re.compile(r"\{(input|output|name)\}")
 SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\\"'*?\[\]#~=%{}\n]")
 MAX_ERROR_CHARS = 500
 
@@ -74,6 +76,13 @@ class CommandProcessor:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uses_output", "{output}" in self.template)
+        for context in self.contexts:
+            try:
+                quote_in(context, "")
+            except ValueError as exc:
+                raise ValidationError(
+                    f"processor template: {exc} — move {{input}}/{{output}}/{{name}} out of it"
+                ) from None
         unknown = set(re.findall(r"\{(\w*)\}", self.template)) - {"input", "output", "name"}
         if unknown:
             raise ValidationError(
@@ -89,14 +98,17 @@ class CommandProcessor:
 
     def argv_or_script(self, input_path: Path, output_path: Path | None) -> str | list[str]:
         values = {"input": str(input_path), "output": str(output_path or ""), "name": input_path.name}
-        literal = re.sub(r"\{(input|output|name)\}", "", self.template)
+        literal = PLACEHOLDER.sub("", self.template)
         if not SHELL_SYNTAX.search(literal):
             # No shell syntax: split the template, then substitute whole words; no shell, no quoting needed.
-            return [
-                re.sub(r"\{(input|output|name)\}", lambda m: values[m.group(1)], w)
-                for w in shlex.split(self.template)
-            ]
-        return re.sub(r"\{(input|output|name)\}", lambda m: shlex.quote(values[m.group(1)]), self.template)
+            return [PLACEHOLDER.sub(lambda m: values[m.group(1)], w) for w in shlex.split(self.template)]
+        # Each value quoted for where it stands: `cat "{input}"` must not run `$(...)` in a file name.
+        contexts = iter(self.contexts)
+        return PLACEHOLDER.sub(lambda m: quote_in(next(contexts), values[m.group(1)]), self.template)
+
+    @property
+    def contexts(self) -> list[str]:
+        return quote_contexts(PLACEHOLDER.sub(ACTION, self.template))
 
     def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
         command = self.argv_or_script(input_path, output.path if output else None)
@@ -188,12 +200,15 @@ class RecordsProcessor:
         return f"records:{digest}"
 
     def output_name(self, input_path: Path) -> str:
-        return input_path.stem + ".jsonl"
+        # a.json and a.csv must not both become a.jsonl
+        return input_path.name if input_path.suffix == ".jsonl" else input_path.name + ".jsonl"
 
     def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
         from jsonschema import Draft202012Validator
 
         records = _read_records(input_path)
+        if input_path.suffix.lower() == ".csv":
+            records = [_typed(record, self.schema) for record in records]
         validator = Draft202012Validator(self.schema)
         valid, errors = [], []
         for number, record in enumerate(records, start=1):
@@ -216,6 +231,34 @@ class RecordsProcessor:
                 f"record {first['record']} {first['field']}: {first['error']}"
             )
         return f"{len(valid)} records"
+
+
+def _typed(record: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """CSV cells are text: convert those the schema declares integer, number or boolean (when they
+    parse), so a typed schema can validate CSV at all; what does not parse stays text and fails."""
+    properties = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    typed = dict(record)
+    for key, value in record.items():
+        declared = properties.get(key, {}).get("type") if isinstance(properties.get(key), dict) else None
+        kinds = declared if isinstance(declared, list) else [declared]
+        if not isinstance(value, str) or "string" in kinds:
+            continue
+        for kind, convert in (("integer", int), ("number", float), ("boolean", _boolean)):
+            if kind in kinds:
+                try:
+                    typed[key] = convert(value.strip())
+                    break
+                except ValueError:
+                    continue
+    return typed
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(text)
 
 
 def _read_records(path: Path) -> list[Any]:

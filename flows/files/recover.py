@@ -83,9 +83,9 @@ def recover(
             break
         delays = backoff_delays(retries + 1, retry_delay, "exponential", jitter=0.25, max_delay=max_delay)
         if index == 0:
-            counts["retried"] += len(remaining)
             if tries == 0:
                 continue
+            counts["retried"] += len(remaining)
             options = retry_file.with_options(
                 retries=len(delays) - 1 if delays else 0, retry_delay_seconds=delays[1:] or 0
             )

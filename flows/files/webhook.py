@@ -107,13 +107,27 @@ def _inside_roots(config: IntakeConfig, raw: Any) -> str:
     return str(resolved)
 
 
+class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect may not lead off the allow-list (nor off http/https)."""
+
+    def __init__(self, hosts: frozenset[str]) -> None:
+        self.hosts = hosts
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        target = urllib.parse.urlsplit(newurl)
+        if target.scheme not in ("http", "https") or target.hostname not in self.hosts:
+            raise Rejected(403, f"redirect to {target.hostname!r} is not on the allow-list")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def download(config: IntakeConfig, url: str, event_id: str) -> str:
     """Fetch an allow-listed URL into the first root's `incoming/` (size-capped, with a timeout)."""
     target_dir = config.roots[0] / "incoming"
     target_dir.mkdir(parents=True, exist_ok=True)
     name = Path(urllib.parse.urlsplit(url).path).name or "download"
     target = target_dir / f"{event_id[:12]}-{name}"
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - host checked against the allow-list
+    opener = urllib.request.build_opener(_AllowListRedirects(config.allow_hosts))
+    with opener.open(url, timeout=30) as response:
         data = response.read(MAX_DOWNLOAD + 1)
     if len(data) > MAX_DOWNLOAD:
         raise Rejected(413, "the download is larger than 100 MiB")

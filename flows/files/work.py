@@ -66,6 +66,29 @@ def output_path(file: InputFile, processor: Processor, output_dir: Path | None) 
     return output_dir / file.relative.parent / processor.output_name(file.path)
 
 
+def _temporaries(output: Output) -> list[Path]:
+    """Files the processor made from the temporary name (side reports excluded)."""
+    try:
+        names = [
+            output.path.parent / entry.name
+            for entry in os.scandir(output.path.parent)
+            if entry.name.startswith(output.path.name)
+        ]
+    except OSError:
+        return []
+    return [p for p in names if p not in output.sides]
+
+
+def output_exists(target: Path) -> bool:
+    """The output, or what a template made of its name (`{output}.gz`), is there."""
+    if target.exists():
+        return True
+    try:
+        return any(entry.name.startswith(target.name + ".") for entry in os.scandir(target.parent))
+    except OSError:
+        return False
+
+
 def attempt(
     file: InputFile,
     processor: Processor,
@@ -83,12 +106,19 @@ def attempt(
     if final is not None:
         final.parent.mkdir(parents=True, exist_ok=True)
         output = Output(final.with_name(f".opsflow-{secrets.token_hex(4)}-{final.name}"), final)
+    produced: Path | None = None
     try:
         note = processor.process(file.path, output, timeout)
         if output is not None:
-            if not output.path.exists():
+            # `{output}` or `{output}.gz`: whatever the processor made of the temporary name is
+            # renamed to the same thing made of the final name.
+            made = _temporaries(output)
+            if not made:
                 raise ProcessingFailed(f"the processor wrote no output to {output.path.name}")
-            os.replace(output.path, output.final)
+            for temporary in made:
+                target = output.final.with_name(output.final.name + temporary.name[len(output.path.name) :])
+                os.replace(temporary, target)
+                produced = produced or target
         status, error = "completed", None
     except ProcessingFailed as exc:
         status, error, note = "failed", str(exc), ""
@@ -103,15 +133,15 @@ def attempt(
             for temporary, destination in output.sides.items():
                 if temporary.exists():
                     os.replace(temporary, destination)
-            if output.path.exists():
-                output.path.unlink()
+            for leftover in _temporaries(output):  # a failed attempt leaves nothing behind
+                leftover.unlink(missing_ok=True)
     return FileOutcome(
         input_path=str(file.path),
         fingerprint=print_,
         status=status,
         processor=processor.identity if status == "completed" else None,
         attempts=attempts,
-        output_path=str(final) if final is not None and status == "completed" else None,
+        output_path=str(produced) if produced is not None and status == "completed" else None,
         error=error,
         note=note,
         started_at=started,

@@ -120,3 +120,34 @@ def quote_contexts(skeleton: str) -> list[str]:
             stack.append(LITERAL if heredocs[0][1] else HEREDOC)
         i += 1
     return contexts
+
+
+def escape_double(text: str) -> str:
+    """For inside "...": backslash the characters the shell still interprets there."""
+    return re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def escape_single(text: str) -> str:
+    """For inside '...': close, add an escaped quote, reopen."""
+    return text.replace("'", "'\\''")
+
+
+def escape_heredoc(text: str) -> str:
+    """For an expanding here-document: backslash what would expand."""
+    return re.sub(r"([\\$`])", r"\\\1", text)
+
+
+def quote_in(context: str, text: str) -> str:
+    """`text` made literal for `context`; raises ValueError where no quoting is safe."""
+    import shlex
+
+    kind = context.partition(":")[0]
+    if kind == UNQUOTED:
+        return shlex.quote(text)
+    if kind == DOUBLE:
+        return escape_double(text)
+    if kind == SINGLE:
+        return escape_single(text)
+    if kind == COMMENT:
+        return " ".join(text.split())
+    raise ValueError(f"a value cannot be quoted safely inside {kind}")

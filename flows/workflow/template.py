@@ -13,7 +13,6 @@ import contextvars
 import difflib
 import functools
 import json
-import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,20 +34,15 @@ from flows.workflow.shellctx import (
     HEREDOC,
     LITERAL,
     SINGLE,
+    escape_double,
+    escape_heredoc,
+    escape_single,
 )
 from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 _TRUE, _FALSE = TRUE_WORDS, FALSE_WORDS
 # Context keys of the render in progress, so an undefined name can suggest the closest one.
 _KNOWN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("known", default=())
-
-
-def _escape_double(text: str) -> str:
-    return re.sub(r'([\\"$`])', r"\\\1", text)
-
-
-def _escape_heredoc(text: str) -> str:
-    return re.sub(r"([\\$`])", r"\\\1", text)
 
 
 def _refuse(where: str, instead: str) -> Callable[..., str]:
@@ -72,9 +66,9 @@ def _in_document(escape: Callable[[str], str]) -> Callable[[Any, str], str]:
 
 # Per-context quoting for shell commands; identity everywhere else.
 _SHELL_CONTEXT_FILTERS = {
-    f"_q_{DOUBLE}": lambda v: Raw(_words(v, _escape_double)),
-    f"_q_{SINGLE}": lambda v: Raw(_words(v, lambda s: s.replace("'", "'\\''"))),
-    f"_q_{HEREDOC}": _in_document(_escape_heredoc),
+    f"_q_{DOUBLE}": lambda v: Raw(_words(v, escape_double)),
+    f"_q_{SINGLE}": lambda v: Raw(_words(v, escape_single)),
+    f"_q_{HEREDOC}": _in_document(escape_heredoc),
     f"_q_{LITERAL}": _in_document(str),
     f"_q_{COMMENT}": lambda v: Raw(" ".join(_plain(v).split())),  # a newline would end the comment
     f"_q_{ANSI}": _refuse("$'...'", "move it out of the quotes"),

@@ -136,7 +136,7 @@ def test_records_processor(tmp_path):
     out = tmp_path / "out"
     outcome = attempt(next(iter_inputs([str(good)])), processor, output_dir=out, timeout=None, print_="x")
     assert outcome.status == "completed" and outcome.note == "2 records"
-    assert [json.loads(line)["id"] for line in (out / "good.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["id"] for line in (out / "good.json.jsonl").read_text().splitlines()] == [1, 2]
 
     csv_file = tmp_path / "people.csv"
     csv_file.write_text("id,email\n1,a@b\n2,broken\n")
@@ -144,11 +144,11 @@ def test_records_processor(tmp_path):
     outcome = attempt(
         next(iter_inputs([str(csv_file)])), processor_csv, output_dir=out, timeout=None, print_="x"
     )
-    # CSV values are text, so `id` fails the integer type: every record is reported
-    assert outcome.status == "failed" and "records invalid" in outcome.error
-    report = [json.loads(line) for line in (out / "people.jsonl.errors.jsonl").read_text().splitlines()]
-    assert report[0]["record"] == 1 and report[0]["field"] == "id"
-    assert not (out / "people.jsonl").exists()
+    # CSV cells are converted to the schema's types; record 2's email fails its pattern
+    assert outcome.status == "failed" and "1 of 2 records invalid" in outcome.error
+    report = [json.loads(line) for line in (out / "people.csv.jsonl.errors.jsonl").read_text().splitlines()]
+    assert report == [{"record": 2, "field": "email", "error": report[0]["error"]}]
+    assert not (out / "people.csv.jsonl").exists()
 
     for name, content, needle in [
         ("bad.json", "{not json", "malformed JSON at line 1"),
@@ -179,3 +179,49 @@ def test_same_bytes_at_two_paths_are_two_inputs(tmp_path):
     a.write_text("same")
     b.write_text("same")
     assert fingerprint(a, "p", "{}") != fingerprint(b, "p", "{}")
+
+
+def test_quoted_placeholders_are_quoted_for_their_context(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ["a$(touch PWNED1).txt", "b`touch PWNED2`.txt", "c'q\".txt"]:
+        (src / name).write_text(name)
+    for template in ['cat "{input}" > "{output}"', "cat '{input}' > {output}"]:
+        processor = parse_processor(template)
+        for file in iter_inputs([str(src)]):
+            outcome = attempt(file, processor, output_dir=tmp_path / "out", timeout=10, print_="x")
+            assert outcome.status == "completed", outcome.error
+            assert (tmp_path / "out" / file.path.name).read_text() == file.path.name
+    assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    with pytest.raises(ValidationError, match="backtick"):
+        parse_processor("echo `cat {input}`")
+
+
+def test_an_output_suffix_in_the_template_is_kept(tmp_path):
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    out = tmp_path / "out"
+    outcome = attempt(
+        next(iter_inputs([str(src)])),
+        parse_processor("gzip -c {input} > {output}.gz"),
+        output_dir=out,
+        timeout=10,
+        print_="x",
+    )
+    assert outcome.status == "completed" and outcome.output_path == str(out / "f.txt.gz")
+    assert sorted(p.name for p in out.iterdir()) == ["f.txt.gz"]
+
+
+def test_globs_mirror_the_tree_and_symlinks_cannot_leave_the_roots(tmp_path):
+    (tmp_path / "in" / "x").mkdir(parents=True)
+    (tmp_path / "in" / "y").mkdir()
+    (tmp_path / "in" / "x" / "d.csv").write_text("x")
+    (tmp_path / "in" / "y" / "d.csv").write_text("y")
+    found = sorted(f.relative.as_posix() for f in iter_inputs([str(tmp_path / "in" / "**" / "*.csv")]))
+    assert found == ["x/d.csv", "y/d.csv"]
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("TOPSECRET")
+    (tmp_path / "in" / "link").symlink_to(secret)
+    with pytest.raises(PermissionFailure, match="links outside the allowed roots"):
+        list(iter_inputs([str(tmp_path / "in")], allowed_roots=[str(tmp_path / "in")]))

@@ -154,3 +154,28 @@ def test_url_submitted_downloads_from_an_allowed_host(intake, config, tmp_path):
         files.server_close()
     assert result["status"] == "completed" and result["result"]["processed"] == 1
     assert (Path(config.output) / "evt-2-report.csv").read_text() == "id,email\n1,a@b\n"
+
+
+def test_a_redirect_cannot_leave_the_allow_list(config, tmp_path):
+    from http.server import BaseHTTPRequestHandler
+
+    from flows.files.webhook import download
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_port}/internal")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(Rejected) as info:
+            download(config, f"http://127.0.0.1:{server.server_port}/go", "ev1")
+        assert info.value.status == 403
+    finally:
+        server.shutdown()
+        server.server_close()
