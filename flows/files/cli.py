@@ -138,12 +138,8 @@ def run(
             and ":" not in processor.split()[0]
         ):
             console.warning("--output is given but the processor template does not use {output}")
-        if root:
-            from flows.files.discover import count_inputs
-
-            count_inputs(inputs, allowed_roots=[str(r) for r in root])  # refuse before starting anything
         if dry_run:
-            return _dry_run(console, inputs, processor, fallbacks, output, force, json_output)
+            return _dry_run(console, inputs, processor, fallbacks, output, force, json_output, root)
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
@@ -256,6 +252,7 @@ def _dry_run(
     output: Path | None,
     force: bool,
     json_output: bool,
+    roots: list[Path] | None,
 ) -> int:
     from flows.files.chunks import options_key
     from flows.files.discover import iter_inputs
@@ -266,23 +263,25 @@ def _dry_run(
 
     proc = parse_processor(processor)
     options = options_key(processor, fallbacks, str(output) if output else None)
+    files = iter_inputs(
+        inputs,
+        allowed_roots=[str(r) for r in roots] if roots else None,
+        exclude=[str(output)] if output else [],
+    )
+    found = [(item, fingerprint(item.path, proc.identity, options)) for item in files]
+    with session() as db:  # one lookup for the whole batch, as the chunks do per chunk
+        done = set() if force else store.completed_fingerprints(db, [print_ for _, print_ in found])
     plan: list[dict[str, str]] = []
-    with session() as db:
-        for item in iter_inputs(inputs, exclude=[str(output)] if output else []):
-            print_ = fingerprint(item.path, proc.identity, options)
-            target = output_path(item, proc, output)
-            unchanged = (
-                not force
-                and print_ in store.completed_fingerprints(db, [print_])
-                and (target is None or output_exists(target))
-            )
-            plan.append(
-                {
-                    "input": str(item.path),
-                    "action": "skip (unchanged)" if unchanged else "process",
-                    "output": str(target or ""),
-                }
-            )
+    for item, print_ in found:
+        target = output_path(item, proc, output)
+        unchanged = print_ in done and (target is None or output_exists(target))
+        plan.append(
+            {
+                "input": str(item.path),
+                "action": "skip (unchanged)" if unchanged else "process",
+                "output": str(target or ""),
+            }
+        )
     if not plan:
         console.error(f"no input files in {', '.join(inputs)}")
         return EXIT_CONFIG

@@ -41,7 +41,7 @@ def _listing(console: Console, fetch: Any, line: Any, empty: str, json_output: b
 
     try:
         with session() as db:
-            rows = [_job_dict(row) for row in fetch(db)]
+            rows = [_record_dict(row) for row in fetch(db)]
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
@@ -72,7 +72,7 @@ def report(
             found = store.get_job(db, job)
             if found is None:
                 raise ValidationError(f"no batch job {job!r} (see `files history`)")
-            data = _job_dict(found)
+            data = _record_dict(found)
             data["files"] = [
                 {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.model_dump().items()}
                 for r in store.job_results(db, found.id)
@@ -92,7 +92,7 @@ def report(
     return EXIT_OK
 
 
-def _job_dict(job: Any) -> dict[str, Any]:
+def _record_dict(job: Any) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in job.model_dump().items()}
 
 
@@ -131,7 +131,7 @@ def dlq_show(
     console = Console("files", verbose=verbose, quiet=quiet)
     with session() as db:
         item = store.get_dead_letter(db, item_id)
-        data = _job_dict(item) if item else None
+        data = _record_dict(item) if item else None
     if data is None:
         console.error(f"no dead-letter item {item_id} (see `files dlq list`)")
         return EXIT_CONFIG
