@@ -19,6 +19,9 @@ from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import files_app
+from flows.health.cli import health_app
+from flows.maintenance.cli import db_app
+from flows.maintenance.cli_cache import cache_app
 
 app = typer.Typer(
     name="opsflow",
@@ -34,6 +37,9 @@ server_app = typer.Typer(
 )
 app.add_typer(server_app, name="server")
 app.add_typer(files_app, name="files")
+app.add_typer(db_app, name="db")
+app.add_typer(cache_app, name="cache")
+app.add_typer(health_app, name="health")
 
 WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]
 Env = Annotated[

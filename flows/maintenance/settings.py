@@ -1,0 +1,120 @@
+"""Settings of the maintenance and health procedures: one model, four sources.
+
+Precedence, lowest first: the defaults below < a `.env.<environment>` file < environment
+variables < command-line options. Every value is validated when a command starts; a bad one
+exits 3 naming the setting. Connection URLs are `SecretStr`: their passwords are never
+printed, logged, passed on a command line or recorded (`redacted_url` is what people see).
+
+The target database and Redis are the application's, not opsflow's own records database
+(`OPSFLOW_DATABASE_URL`); seed 003's `DATABASE_URL` / `REDIS_URL` are accepted too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flows.errors import ValidationError
+
+IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+EXTENSION = r"^[a-z_][a-z0-9_-]{0,62}$"
+
+
+def _alias(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, f"OPSFLOW_{name.upper()}", *more)
+
+
+class MaintenanceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OPSFLOW_", extra="ignore", populate_by_name=True, env_file_encoding="utf-8"
+    )
+
+    environment: str = Field("development", description="Which `.env.<environment>` file is read.")
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=_alias("database_url", "OPSFLOW_TARGET_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL the procedures maintain: postgresql://USER[:PASSWORD]@HOST:PORT/DB.",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=_alias("redis_url", "REDIS_URL"),
+        description="Redis (or a compatible cache) for `cache` and `health`.",
+    )
+    migrations_dir: Path = Field(Path("deployments/migrations"), description="SQL migration files.")
+    backup_dir: Path | None = Field(None, description="Backups; default OPSFLOW_HOME/backups.")
+    expected_schema: Path = Field(
+        Path("deployments/maintenance/schema.yaml"), description="Tables/columns/indexes `verify` expects."
+    )
+    schemas: list[str] = Field(["app"], description="Schemas `init` creates in the target database.")
+    owner_role: str = Field("app_owner", pattern=IDENTIFIER, description="Role owning the database.")
+    readonly_role: str = Field("app_readonly", pattern=IDENTIFIER, description="Role with read access.")
+    extensions: list[str] = Field(["pgcrypto", "pg_trgm"], description="Extensions `extensions` deploys.")
+    verify_cache_seconds: int = Field(3600, ge=0, description="How long a schema verification is reused.")
+    statement_timeout_seconds: float = Field(300, gt=0, description="Longest one maintenance statement.")
+    lock_timeout_seconds: float = Field(5, gt=0, description="Longest wait for a lock before giving up.")
+    connect_timeout_seconds: int = Field(5, ge=1, description="Longest wait to connect to a service.")
+    check_timeout_seconds: float = Field(5, gt=0, description="Longest one health check may take.")
+    health_endpoints: list[str] = Field(
+        [], description="HTTP endpoints `health` checks: URL or name=URL; 2xx/3xx is up."
+    )
+    health_required: list[str] = Field(
+        ["postgres", "redis"], description="Checks whose failure makes the status unhealthy."
+    )
+    disk_paths: list[Path] = Field([Path("/")], description="File systems `health` checks.")
+    disk_warn_percent: float = Field(85, gt=0, le=100, description="Disk use that degrades health.")
+    disk_critical_percent: float = Field(95, gt=0, le=100, description="Disk use that is unhealthy.")
+
+    @field_validator("schemas", "extensions")
+    @classmethod
+    def _identifiers(cls, values: list[str], info: Any) -> list[str]:
+        # Extension names may contain a dash (uuid-ossp); schema names may not.
+        pattern = EXTENSION if info.field_name == "extensions" else IDENTIFIER
+        for value in values:
+            if not re.match(pattern, value):
+                raise ValueError(f"{value!r} is not a plain lower-case name")
+        return values
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def backups(self) -> Path:
+        if self.backup_dir is not None:
+            return self.backup_dir.expanduser().resolve()
+        home = Path(os.environ.get("OPSFLOW_HOME", Path.home() / ".opsflow")).expanduser()
+        return (home / "backups").resolve()
+
+    def require_database(self) -> str:
+        """The target database URL, or a configuration error saying how to give one."""
+        if self.database_url is None:
+            raise ValidationError(
+                "no target database: give --database-url or set OPSFLOW_TARGET_DATABASE_URL (or DATABASE_URL)"
+            )
+        return self.database_url.get_secret_value()
+
+
+def load_settings(environment: str | None = None, **overrides: Any) -> MaintenanceSettings:
+    """Settings for `environment` (default OPSFLOW_ENVIRONMENT), command-line `overrides` on top.
+
+    Overrides that are None were not given. A bad value raises `ValidationError` (exit 3)
+    naming the setting and where it came from.
+    """
+    env = environment or os.environ.get("OPSFLOW_ENVIRONMENT") or "development"
+    env_file = Path(f".env.{env}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return MaintenanceSettings(
+            _env_file=env_file if env_file.is_file() else None, environment=env, **given
+        )
+    except PydanticValidationError as exc:
+        problem = exc.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else "settings"
+        source = "--" + field.replace("_", "-") if field in given else f"OPSFLOW_{field.upper()}"
+        raise ValidationError(f"setting {source}: {problem['msg']}") from None
