@@ -43,6 +43,7 @@ def run(
     verbose: bool,
     quiet: bool,
     needs_database: bool = True,
+    render: Any = None,
     **params: Any,
 ) -> int:
     """Validate the settings first (exit 3 before any run starts), then run the flow
@@ -61,7 +62,10 @@ def run(
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
-    return run_procedure(console, flow, json_output=json_output, verbose=verbose, quiet=quiet, **params)
+    extra = {"render": render} if render is not None else {}
+    return run_procedure(
+        console, flow, json_output=json_output, verbose=verbose, quiet=quiet, **extra, **params
+    )
 
 
 @db_app.command("init")
@@ -85,6 +89,241 @@ def init(
         environment=env,
         database_url=secret(database_url),
     )
+
+
+backup_app = typer.Typer(
+    help="Backups with pg_dump: create, list, verify (by restoring), restore, prune.", no_args_is_help=True
+)
+db_app.add_typer(backup_app, name="backup")
+BackupRef = Annotated[str, typer.Argument(help="Backup id (or prefix), `latest`, or path of its .dump.")]
+
+
+@backup_app.command("create")
+def backup_create(
+    label: Annotated[str, typer.Option(help="Why this backup was taken (kept in its manifest).")] = "manual",
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """pg_dump (custom format, compressed) of one snapshot, with checksum and row-count manifest."""
+    console = Console("db-backup-create", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.backup:backup_create",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        label=label,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+@backup_app.command("list")
+def backup_list(
+    all_databases: Annotated[bool, typer.Option("--all", help="Backups of every database.")] = False,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """The backups on disk, newest first (a backup without a valid manifest is not listed)."""
+    from flows.errors import OpsflowError
+    from flows.maintenance.backup_files import list_backups, manifest_summary
+    from flows.maintenance.pg import Target
+    from flows.maintenance.settings import load_settings
+
+    console = Console("db-backup-list", verbose=verbose, quiet=quiet)
+    try:
+        settings = load_settings(env, database_url=secret(database_url))
+        database = None if all_databases else Target.from_url(settings.require_database()).dbname
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    rows = [manifest_summary(m) for m in list_backups(settings.backups(), database)]
+    if json_output:
+        console.json(rows)
+    elif not rows:
+        console.out(f"no backups{' of ' + database if database else ''} in {settings.backups()}")
+    else:
+        console.out(table(rows))
+    return 0
+
+
+@backup_app.command("verify")
+def backup_verify(
+    backup: Annotated[str, typer.Argument(help="Backup id (or prefix), `latest`, or path.")] = "latest",
+    within: Annotated[
+        str | None, typer.Option(help="Fail unless the backup is newer than this (24h, 2d).")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Restore again even if this checksum was proven before.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Check a backup's checksum and prove it by restoring into a scratch database."""
+    console = Console("db-backup-verify", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.backup:backup_verify",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        backup=backup,
+        within=within,
+        no_cache=no_cache,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+@backup_app.command("restore")
+def backup_restore(
+    backup: BackupRef,
+    into: Annotated[
+        str | None, typer.Option(help="Restore into this new database instead of replacing the target.")
+    ] = None,
+    drop_replaced: Annotated[
+        bool, typer.Option("--drop-replaced", help="Drop the replaced database instead of keeping it aside.")
+    ] = False,
+    dry_run: DryRun = False,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Restore a backup beside the target and swap it in (the target is untouched if it fails)."""
+    console = Console("db-backup-restore", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.backup:backup_restore",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        backup=backup,
+        into=into,
+        keep_replaced=not drop_replaced,
+        dry_run=dry_run,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+@backup_app.command("prune")
+def backup_prune(
+    keep_last: Annotated[int, typer.Option(help="Always keep this many newest backups.", min=1)] = 7,
+    older_than: Annotated[str, typer.Option(help="Remove only backups older than this (30d, 12h).")] = "30d",
+    dry_run: DryRun = False,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Remove backups beyond the newest --keep-last that are older than --older-than."""
+    console = Console("db-backup-prune", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.backup:backup_prune",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        keep_last=keep_last,
+        older_than=older_than,
+        dry_run=dry_run,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A plain aligned text table of dicts with the same keys."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+@db_app.command("migrate")
+def migrate(
+    dry_run: DryRun = False,
+    no_backup: Annotated[
+        bool, typer.Option("--no-backup", help="Skip the pg_dump before applying (no restore on failure).")
+    ] = False,
+    migrations_dir: Annotated[
+        str | None, typer.Option("--dir", help="Migration files (default: OPSFLOW_MIGRATIONS_DIR).")
+    ] = None,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Apply pending migrations in order, each in its own transaction; backup first, restore on failure."""
+    console = Console("db-migrate", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.migrate:migrate",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        dry_run=dry_run,
+        backup=not no_backup,
+        migrations_dir=migrations_dir,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+@db_app.command("status")
+def status(
+    migrations_dir: Annotated[
+        str | None, typer.Option("--dir", help="Migration files (default: OPSFLOW_MIGRATIONS_DIR).")
+    ] = None,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Applied and pending migrations (and edited or missing ones); changes nothing."""
+    from flows.errors import OpsflowError
+    from flows.maintenance.migrate import migration_status
+    from flows.maintenance.settings import load_settings
+
+    console = Console("db-status", verbose=verbose, quiet=quiet)
+    try:
+        settings = load_settings(env, database_url=secret(database_url), migrations_dir=migrations_dir)
+        report = migration_status(settings)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    if json_output:
+        console.json(report)
+        return 0
+    console.out(table(report["migrations"]) or "no migrations")
+    console.out(
+        f"{report['database']}: version {report['head']}, {report['pending']} pending"
+        + (f", CHANGED after applying: {report['changed']}" if report["changed"] else "")
+        + (f", applied but missing files: {report['missing']}" if report["missing"] else "")
+    )
+    for failure in report["recent_failures"][:1]:
+        console.warning(
+            f"last failure: {failure['version']} {failure['name']} at {failure['at']}: {failure['error']}"
+        )
+    return 0
 
 
 # Commands defined in their own modules register themselves on db_app.

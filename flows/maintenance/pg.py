@@ -10,6 +10,7 @@ database is `DependencyError` (exit 2: `db init` has not run), a missing privile
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,7 +107,8 @@ def translate(exc: psycopg.Error, target: Target, *, action: str = "") -> Opsflo
     sqlstate = getattr(exc, "sqlstate", None) or ""
     detail = scrub(_first_line(exc), target)
     doing = f" while {action}" if action else ""
-    if sqlstate == "3D000":
+    # At connect time libpq gives no SQLSTATE, only the server's message.
+    if sqlstate == "3D000" or (not sqlstate and re.search(r'database ".*" does not exist', detail)):
         return DependencyError(
             f"database {target.dbname!r} does not exist on {str(target).rsplit('/', 1)[0]} — run `db init` first"
         )
