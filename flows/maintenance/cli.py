@@ -326,5 +326,74 @@ def status(
     return 0
 
 
+@db_app.command("extensions")
+def extensions(
+    dry_run: DryRun = False,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Deploy the required extensions (OPSFLOW_EXTENSIONS); needs `db migrate` first (else exit 2)."""
+    console = Console("db-extensions", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.verify:extensions",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        dry_run=dry_run,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+@db_app.command("verify")
+def verify(
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Verify again even if no migration ran since the last check.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Compare the schema with OPSFLOW_EXPECTED_SCHEMA; needs `db extensions` first (else exit 2)."""
+    console = Console("db-verify", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.verify:verify",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        no_cache=no_cache,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
+@db_app.command("setup")
+def setup(
+    database_url: DatabaseUrl = None,
+    env: Env = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """init → migrate → extensions → verify in order (seed 003's matrix); stops at the first failure."""
+    console = Console("db-setup", verbose=verbose, quiet=quiet)
+    return run(
+        console,
+        "flows.maintenance.verify:setup",
+        json_output=json_output,
+        verbose=verbose,
+        quiet=quiet,
+        environment=env,
+        database_url=secret(database_url),
+    )
+
+
 # Commands defined in their own modules register themselves on db_app.
 from flows.maintenance import cli_housekeeping as _housekeeping  # noqa: E402, F401

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -164,6 +165,17 @@ def tool(name: str) -> str:
     return path
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when opsflow dies (even by SIGKILL), so a killed
+    backup or restore never leaves a client program running on. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def run_tool(
     target: Target, argv: list[str], *, timeout: float | None = None, stdin: Any = None
 ) -> subprocess.CompletedProcess[str]:
@@ -176,6 +188,7 @@ def run_tool(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
