@@ -395,5 +395,48 @@ def setup(
     )
 
 
+
+@db_app.command("history")
+def history(
+    procedure: Annotated[
+        str | None, typer.Option("--procedure", "-p", help="Only this procedure (e.g. db-migrate).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most rows shown.", min=1)] = 20,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Recent procedure runs from script_execution_log (db, cache and health procedures)."""
+    from flows.errors import OpsflowError
+    from flows.records.db import session
+    from flows.records.procedures import list_executions
+
+    console = Console("db-history", verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            rows = list_executions(db, procedure, limit)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    records = [
+        {
+            "id": r.id,
+            "procedure": r.script_name,
+            "env": r.environment,
+            "started_at": r.started_at.isoformat(timespec="seconds"),
+            "seconds": f"{r.duration:.1f}" if r.duration is not None else "",
+            "status": r.status,
+            "exit": "" if r.exit_code is None else r.exit_code,
+            "rows": "" if r.rows_affected is None else r.rows_affected,
+            "message": (r.message or "")[:70],
+        }
+        for r in rows
+    ]
+    if json_output:
+        console.json([r.model_dump(mode="json") for r in rows])
+    else:
+        console.out(table(records) or "no procedure runs recorded yet")
+    return 0
+
 # Commands defined in their own modules register themselves on db_app.
 from flows.maintenance import cli_housekeeping as _housekeeping  # noqa: E402, F401
