@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OPSFLOW = [sys.executable, "-m", "flows.batch"]
 
 
-def timed(argv: list[str] | str, env: dict[str, str], shell: bool = False, ok: tuple[int, ...] = (0,)) -> float:
+def timed(
+    argv: list[str] | str, env: dict[str, str], shell: bool = False, ok: tuple[int, ...] = (0,)
+) -> float:
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=ROOT, shell=shell, capture_output=True, text=True)
     if done.returncode not in ok:
@@ -49,13 +51,18 @@ def write_migrations(folder: Path, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--migrations", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3, help="best of N for each side")
     parser.add_argument(
-        "--admin-url", default=os.environ.get("OPSFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+        "--admin-url",
+        default=os.environ.get("OPSFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
-    parser.add_argument("--redis-url", default=os.environ.get("OPSFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("OPSFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    )
     args = parser.parse_args()
     admin = args.admin_url.replace("postgresql+psycopg://", "postgresql://")
     server = admin.rsplit("/", 1)[0]
@@ -85,8 +92,22 @@ def main() -> None:
         write_migrations(migrations, args.migrations)
         try:
             # Warm-up: the local Prefect server is started (or found) once, outside the timings.
-            timed([*OPSFLOW, "db", "status", "--dir", str(migrations), "--database-url", fresh_database()], env)
-            timed([*OPSFLOW, "db", "migrate", "--dir", str(migrations), "--database-url", fresh_database(), "-q"], env)
+            timed(
+                [*OPSFLOW, "db", "status", "--dir", str(migrations), "--database-url", fresh_database()], env
+            )
+            timed(
+                [
+                    *OPSFLOW,
+                    "db",
+                    "migrate",
+                    "--dir",
+                    str(migrations),
+                    "--database-url",
+                    fresh_database(),
+                    "-q",
+                ],
+                env,
+            )
 
             files = " ".join(str(p) for p in sorted(migrations.glob("*.sql")))
 
@@ -108,7 +129,20 @@ def main() -> None:
 
             def ours(*extra: str) -> float:
                 url = fresh_database()
-                return timed([*OPSFLOW, "db", "migrate", "--dir", str(migrations), "--database-url", url, "-q", *extra], env)
+                return timed(
+                    [
+                        *OPSFLOW,
+                        "db",
+                        "migrate",
+                        "--dir",
+                        str(migrations),
+                        "--database-url",
+                        url,
+                        "-q",
+                        *extra,
+                    ],
+                    env,
+                )
 
             plain = best(args.runs, psql_loop)
             pattern = best(args.runs, seed004)
@@ -123,7 +157,9 @@ def main() -> None:
             raw = best(args.runs, lambda: timed(raw_health, env, shell=True))
             health = best(
                 args.runs,
-                lambda: timed([*OPSFLOW, "health", "check", "--database-url", health_url, "-q"], env, ok=(0, 1)),
+                lambda: timed(
+                    [*OPSFLOW, "health", "check", "--database-url", health_url, "-q"], env, ok=(0, 1)
+                ),
             )
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:

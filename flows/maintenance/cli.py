@@ -395,7 +395,6 @@ def setup(
     )
 
 
-
 @db_app.command("history")
 def history(
     procedure: Annotated[
@@ -437,6 +436,7 @@ def history(
     else:
         console.out(table(records) or "no procedure runs recorded yet")
     return 0
+
 
 # Commands defined in their own modules register themselves on db_app.
 from flows.maintenance import cli_housekeeping as _housekeeping  # noqa: E402, F401
