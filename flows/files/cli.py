@@ -159,8 +159,9 @@ def run(
         return err.exit_code
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
     from flows.files.flow import process_files
+    from flows.terminal_runs import terminal_run
 
-    with _progress(console):
+    with _progress(console), terminal_run():
         state = process_files(
             inputs=[str(Path(i).resolve()) if not any(c in i for c in "*?[") else i for i in inputs],
             processor=processor,

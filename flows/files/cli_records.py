@@ -168,10 +168,12 @@ def dlq_reprocess(
         return err.exit_code
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
     from flows.files.recover import reprocess_dead_letters
+    from flows.terminal_runs import terminal_run
 
-    state = reprocess_dead_letters(
-        ids=ids or None, processor=processor, timeout=timeout or None, return_state=True
-    )
+    with terminal_run():
+        state = reprocess_dead_letters(
+            ids=ids or None, processor=processor, timeout=timeout or None, return_state=True
+        )
     value = state.result(raise_on_failure=False)
     if isinstance(value, OpsflowError):
         console.error(str(value))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -72,61 +71,78 @@ def history_head(conn: psycopg.Connection) -> tuple[int | None, str | None]:
     return (applied[-1].version, applied[-1].checksum) if applied else (None, None)
 
 
-@task(
-    name="apply-migration",
-    task_run_name="apply-{migration.version}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
-def apply_migration(target: Target, migration: Migration) -> float:
-    """Run one migration file with psql and record it in `migration_history`.
+@task(name="apply-migrations", cache_policy=NO_CACHE, persist_result=False)
+def apply_migrations(target: Target, migrations: list[Migration]) -> list[dict[str, Any]]:
+    """Run the migrations in order in one psql session; each with its `migration_history` row in
+    a transaction of its own (BEGIN … COMMIT around `\\i file`), so both commit or neither.
 
-    psql splits the file into statements the way PostgreSQL users expect, and names the line
-    of whatever statement fails. A transactional migration runs with its history row in one
-    transaction (`--single-transaction`): both commit or neither. A `no-transaction` one runs
-    statement by statement (CREATE INDEX CONCURRENTLY), then its row is written.
+    psql splits files into statements the way PostgreSQL users expect and names the file and
+    line of whatever fails; ON_ERROR_STOP ends the session at the first error, leaving the
+    migrations before it committed. A `no-transaction` file runs statement by statement
+    (CREATE INDEX CONCURRENTLY), then its row is written. One session instead of one psql
+    per file keeps a batch of small migrations close to a plain `psql -f` loop.
     """
-    started = time.monotonic()
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="opsflow-history-") as record:
-        record.write(_history_insert(migration))
-        record.flush()
-        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-        argv += ["--single-transaction"] if migration.transactional else []
-        argv += ["-f", str(migration.path), "-f", record.name]
-        argv += ["--dbname", target.conninfo(with_password=False)]
-        done = run_tool(target, argv)
+    logger = get_run_logger()
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="opsflow-migrate-") as driver:
+        driver.write(driver_script(migrations))
+        driver.flush()
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", driver.name]
+        done = run_tool(target, [*argv, "--dbname", target.conninfo(with_password=False)])
+    finished = [
+        int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("opsflow:applied ")
+    ]
+    by_version = {m.version: m for m in migrations}
+    for version in finished:
+        logger.info(f"applied {by_version[version].label}")
     if done.returncode != 0:
-        raise _failure(migration, done.stderr)
-    return time.monotonic() - started
+        failing = next(m for m in migrations if m.version not in finished)
+        raise _failure(failing, done.stderr, applied=finished)
+    return [{"version": v, "name": by_version[v].name} for v in finished]
 
 
-def _history_insert(migration: Migration) -> str:
-    values = sql.SQL(", ").join(
-        sql.Literal(v) for v in (migration.version, migration.name, migration.checksum)
-    )
-    # The duration is measured by the server: from the transaction's start to this statement.
-    return (
-        sql.SQL(
-            "INSERT INTO public.migration_history (version, name, checksum, duration, success) "
-            "VALUES ({}, extract(epoch FROM clock_timestamp() - transaction_timestamp()), true);\n"
+def driver_script(migrations: list[Migration]) -> str:
+    """The psql script that applies `migrations`, each in its own transaction with its record."""
+    lines = []
+    for migration in migrations:
+        values = sql.SQL(", ").join(
+            sql.Literal(v) for v in (migration.version, migration.name, migration.checksum)
         )
-        .format(values)
-        .as_string(None)
-    )
+        # The duration is measured by the server, from the migration's start to its record.
+        record = (
+            sql.SQL(
+                "INSERT INTO public.migration_history (version, name, checksum, duration, success) "
+                "VALUES ({}, extract(epoch FROM clock_timestamp() - {}::timestamptz), true);"
+            )
+            .format(values, sql.SQL(":'opsflow_started'"))
+            .as_string(None)
+        )
+        path = str(migration.path).replace("'", "''")
+        lines += [
+            "SELECT clock_timestamp() AS opsflow_started \\gset",
+            *(["BEGIN;"] if migration.transactional else []),
+            f"\\i '{path}'",
+            record,
+            *(["COMMIT;"] if migration.transactional else []),
+            f"\\echo opsflow:applied {migration.version}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
-def _failure(migration: Migration, stderr: str) -> MigrationFailed:
+def _failure(migration: Migration, stderr: str, applied: list[int]) -> MigrationFailed:
     """psql's `psql:FILE:LINE: ERROR:  message` as a one-line error with file:line."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     error = next((line for line in lines if "ERROR:" in line or "FATAL:" in line), lines[-1] if lines else "")
     match = re.match(r"psql:(?P<file>.+?):(?P<line>\d+): (?:ERROR|FATAL):\s*(?P<message>.*)", error)
-    if match and match["file"] == str(migration.path):
-        return MigrationFailed(
-            f"migration {migration.label} failed: {match['message']}",
-            where=f"{migration.path}:{match['line']}",
-        )
+    where = (
+        f"{migration.path}:{match['line']}"
+        if match and match["file"] == str(migration.path)
+        else str(migration.path)
+    )
     message = match["message"] if match else error or "psql failed"
-    return MigrationFailed(f"migration {migration.label} failed: {message}", where=str(migration.path))
+    failure = MigrationFailed(f"migration {migration.label} failed: {message}", where=where)
+    failure.migration = migration  # type: ignore[attr-defined]
+    failure.applied = applied  # type: ignore[attr-defined]
+    return failure
 
 
 def record_failure(target: Target, migration: Migration, error: str) -> None:
@@ -188,27 +204,31 @@ def migrate(
                 label = f"pre-migrate {the_plan.head or 0}->{pending[-1].version}"
                 created = backup_create(label=label, environment=environment, database_url=database_url)
                 backup_id = created["details"]["id"]
-            applied = []
-            for migration in pending:
-                state = apply_migration(target, migration, return_state=True)
-                if state.is_completed():
-                    applied.append(
-                        {
-                            "version": migration.version,
-                            "name": migration.name,
-                            "seconds": round(state.result(), 3),
-                        }
-                    )
-                    outcome.details["applied"] = applied
-                    continue
+            state = apply_migrations(target, pending, return_state=True)
+            if state.is_completed():
+                applied = state.result()
+                seconds = dict(
+                    lock.execute(
+                        "SELECT version, duration FROM public.migration_history WHERE success AND version = ANY(%s)",
+                        ([a["version"] for a in applied],),
+                    ).fetchall()
+                )
+                for row in applied:
+                    row["seconds"] = round(seconds.get(row["version"], 0.0), 3)
+            else:
                 error = state.result(raise_on_failure=False)
+                migration = getattr(error, "migration", None)
+                if migration is None:  # not a migration's own failure: the tool could not run
+                    raise error
+                done = set(getattr(error, "applied", []))
+                applied = [{"version": m.version, "name": m.name} for m in pending if m.version in done]
                 lock.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
                 lock.close()  # the restore needs every session on this database gone
                 recovery = _recover(target, settings, backup_id, migration, str(error))
                 outcome.fail(f"{error}; {recovery}")
-                outcome.details["failed"] = migration.label
-                outcome.details["where"] = getattr(error, "where", None)
+                outcome.details |= {"applied": applied, "failed": migration.label, "where": error.where}
                 return finish(outcome, table=applied or None)
+            outcome.details["applied"] = applied
             outcome.rows = len(applied)
             outcome.message = (
                 f"applied {len(applied)} migration(s); {target.dbname} is at version {pending[-1].version}"

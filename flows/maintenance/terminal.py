@@ -41,12 +41,14 @@ def run_procedure(
         console.error(str(err))
         return err.exit_code
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from flows.terminal_runs import terminal_run
     from flows.workflow.terminal import _unreachable_api
 
     module, _, name = flow.partition(":")
     flow_fn = getattr(importlib.import_module(module), name)
     try:
-        state = flow_fn(**parameters, return_state=True)
+        with terminal_run():
+            state = flow_fn(**parameters, return_state=True)
     except Exception as exc:
         unreachable = _unreachable_api(exc)
         if unreachable is None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flows.errors import ConnectionFailure, OpsflowError, StepFailure
+from flows.terminal_runs import terminal_run
 from flows.workflow.report import RunSummary
 from flows.workflow.run import run_workflow
 from flows.workflow.shell import terminate_all
@@ -19,7 +20,7 @@ def run_and_summarise(console: Any, *, json_output: bool, plan: Any = None, **fl
     from flows.workflow.show import summary_table
 
     try:
-        with terminal_view(plan, console):
+        with terminal_view(plan, console), terminal_run():
             state = run_workflow(**flow_kwargs, return_state=True)
     except Exception as exc:
         terminate_all()
