@@ -54,3 +54,36 @@ def test_every_sample_workflow_is_deployed():
     deployed = {d["parameters"]["path"] for d in DEPLOYMENTS if "path" in d.get("parameters", {})}
     samples = {f"deployments/workflows/{p.name}" for p in (ROOT / "deployments" / "workflows").glob("*.yaml")}
     assert samples <= deployed, samples - deployed
+
+
+def test_every_procedure_flow_is_deployed():
+    """Each maintenance, cache and health flow has a deployment (issue: each procedure deployable)."""
+    from prefect import Flow
+
+    import flows.health.flow
+    import flows.maintenance.audit
+    import flows.maintenance.backup
+    import flows.maintenance.cache
+    import flows.maintenance.housekeeping
+    import flows.maintenance.init
+    import flows.maintenance.migrate
+    import flows.maintenance.verify
+
+    modules = [
+        flows.health.flow,
+        flows.maintenance.audit,
+        flows.maintenance.backup,
+        flows.maintenance.cache,
+        flows.maintenance.housekeeping,
+        flows.maintenance.init,
+        flows.maintenance.migrate,
+        flows.maintenance.verify,
+    ]
+    defined = {
+        f"{module.__name__.replace('.', '/')}.py:{name}"
+        for module in modules
+        for name, value in vars(module).items()
+        if isinstance(value, Flow) and value.__module__ == module.__name__
+    }
+    deployed = {d["entrypoint"] for d in DEPLOYMENTS}
+    assert defined <= deployed, defined - deployed
