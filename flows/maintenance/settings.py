@@ -103,18 +103,51 @@ class MaintenanceSettings(BaseSettings):
 def load_settings(environment: str | None = None, **overrides: Any) -> MaintenanceSettings:
     """Settings for `environment` (default OPSFLOW_ENVIRONMENT), command-line `overrides` on top.
 
-    Overrides that are None were not given. A bad value raises `ValidationError` (exit 3)
-    naming the setting and where it came from.
+    Inside a flow run, an `opsflow-environment-settings` block named like the environment (see
+    blocks/environment.py), when one is registered, sits above `.env.<environment>` and
+    environment variables and below `overrides`: a deployment then carries only the
+    environment's name. Overrides that are None were not given. A bad value raises
+    `ValidationError` (exit 3) naming the setting and where it came from.
     """
     env = environment or os.environ.get("OPSFLOW_ENVIRONMENT") or "development"
     env_file = Path(f".env.{env}")
     given = {k: v for k, v in overrides.items() if v is not None}
+    from_block = environment_block(env)
     try:
         return MaintenanceSettings(
-            _env_file=env_file if env_file.is_file() else None, environment=env, **given
+            _env_file=env_file if env_file.is_file() else None, environment=env, **(from_block | given)
         )
     except PydanticValidationError as exc:
         problem = exc.errors()[0]
         field = str(problem["loc"][0]) if problem["loc"] else "settings"
-        source = "--" + field.replace("_", "-") if field in given else f"OPSFLOW_{field.upper()}"
+        if field in given:
+            source = "--" + field.replace("_", "-")
+        elif field in from_block:
+            source = f"{field} in block opsflow-environment-settings/{env}"
+        else:
+            source = f"OPSFLOW_{field.upper()}"
         raise ValidationError(f"setting {source}: {problem['msg']}") from None
+
+
+def environment_block(environment: str) -> dict[str, Any]:
+    """Values of the `opsflow-environment-settings/<environment>` block, inside a flow run when
+    one is registered; else nothing. Outside runs (command-line checks) no API is asked."""
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:  # pragma: no cover - Prefect is a dependency
+        return {}
+    if FlowRunContext.get() is None:
+        return {}
+    from blocks.environment import EnvironmentSettings
+
+    try:
+        block = EnvironmentSettings.load(environment)
+    except ValueError:  # no block of that name: settings come from the other sources
+        return {}
+    values = block.as_overrides()
+    unknown = sorted(set(values) - set(MaintenanceSettings.model_fields))
+    if unknown:
+        raise ValidationError(
+            f"block opsflow-environment-settings/{environment} sets unknown setting(s) {', '.join(unknown)}"
+        )
+    return values
