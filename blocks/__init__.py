@@ -2,5 +2,6 @@
 
 from blocks.database import DatabaseConnection
 from blocks.environment import EnvironmentSettings
+from blocks.notifications import NotificationChannels
 
-__all__ = ["DatabaseConnection", "EnvironmentSettings"]
+__all__ = ["DatabaseConnection", "EnvironmentSettings", "NotificationChannels"]

@@ -34,7 +34,11 @@ def test_register_the_block_types():
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        for slug in ("opsflow-database-connection", "opsflow-environment-settings"):
+        for slug in (
+            "opsflow-database-connection",
+            "opsflow-environment-settings",
+            "opsflow-notification-channels",
+        ):
             block_type = client.read_block_type_by_slug(slug)
             assert block_type.name.startswith("opsflow")
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-NOTIFY_TIMEOUT = 5.0  # seconds: a slow or dead receiver must never hold up or fail a batch
+from flows.notify import NOTIFY_TIMEOUT as NOTIFY_TIMEOUT  # re-exported: a batch waits no longer
+from flows.notify import send
 
 # Progress listeners (the command line's progress bar): called with ("total", n) once the
 # batch is counted, then ("advance", k) as files settle.
@@ -107,44 +107,14 @@ def write_reports(summary: dict[str, Any]) -> Path:
 def notify_completion(url: str, summary: dict[str, Any], warn: Callable[[str], None]) -> bool:
     """Send the summary through apprise (e.g. `json://host/path`); never raises, never waits
     more than NOTIFY_TIMEOUT. Returns whether the receiver accepted it."""
-    import apprise
-
-    sent: list[bool] = []
-
-    def send() -> None:
-        target = apprise.Apprise()
-        if not target.add(_with_timeouts(url)):
-            return
-        status = "completed" if not summary["dead_lettered"] else "completed with failures"
-        body = json.dumps(summary, default=str)
-        sent.append(bool(target.notify(title=f"opsflow batch {summary['name']} {status}", body=body)))
-
-    worker = threading.Thread(target=send, daemon=True)
-    worker.start()
-    worker.join(NOTIFY_TIMEOUT + 1)
-    ok = bool(sent and sent[0])
-    if not ok:
-        reason = (
-            "timed out" if worker.is_alive() else "was not accepted" if sent else "is not a valid apprise URL"
-        )
-        warn(f"completion notification to {_redact(url)} {reason}; the batch result stands")
-    return ok
-
-
-def _with_timeouts(url: str) -> str:
-    """apprise's connect/read timeouts (`cto`, `rto`), unless the URL sets its own."""
-    if "cto=" in url or "rto=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}cto={NOTIFY_TIMEOUT:g}&rto={NOTIFY_TIMEOUT:g}"
-
-
-def _redact(url: str) -> str:
-    """scheme://host/... without credentials: apprise URLs often carry tokens."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "(invalid URL)"
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}/…"
+    status = "completed" if not summary["dead_lettered"] else "completed with failures"
+    return send(
+        [url],
+        f"opsflow batch {summary['name']} {status}",
+        json.dumps(summary, default=str),
+        lambda message: warn(message.replace("the run's result", "the batch result")),
+        notify_type="success" if not summary["dead_lettered"] else "warning",
+    )
 
 
 def now_iso() -> str:

@@ -158,7 +158,7 @@ def unenforced_step_fields(step: Step) -> list[str]:
 
 
 def unenforced_workflow_fields(spec: Workflow) -> list[str]:
-    found = [key for key in ("notifications", "monitoring", "metrics", "recovery") if getattr(spec, key)]
+    found = [key for key in ("monitoring", "metrics", "recovery") if getattr(spec, key)]
     if spec.circuit_breakers:
         found.append("circuit_breakers")
     if spec.resource_limits and (spec.resource_limits.memory_limit or spec.resource_limits.cpu_limit):

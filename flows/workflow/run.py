@@ -26,6 +26,7 @@ from flows.workflow.dispatch import Dispatcher
 from flows.workflow.execute import TIMEOUT_REASON, WorkflowRun
 from flows.workflow.graph import Hook
 from flows.workflow.load import load_workflow
+from flows.workflow.notifications import RunNotifier
 from flows.workflow.params import bind
 from flows.workflow.report import RunSummary
 from flows.workflow.spec import Step
@@ -101,6 +102,10 @@ def _run(
     if unenforced:
         logger.warning("accepted, not yet enforced: " + "; ".join(unenforced))
     summary = RunSummary(loaded.spec.name, str(bound.context["environment"]), workflow_id)
+    notifier = RunNotifier(
+        loaded.spec.notifications, loaded.spec.name, str(bound.context["environment"]), workflow_id, logger
+    )
+    notifier.emit("started")
     deadline = time.time() + parse_duration(timeout) if timeout else None
     run = WorkflowRun(
         loaded, graph, bound.context, summary, deadline, _command_env(bound.context, bound.parameters)
@@ -109,7 +114,7 @@ def _run(
     unmet = _unmet_prerequisite(run)
     if unmet:
         run.logger.error(unmet)
-        return _finish(summary, failed_main=[], unmet=unmet)
+        return _notified(notifier, _finish(summary, failed_main=[], unmet=unmet), summary)
     strategy = "continue_on_error" if continue_on_error else loaded.spec.error_handling.strategy
     dispatcher = Dispatcher(
         graph,
@@ -122,6 +127,7 @@ def _run(
         run.compensate([s.step for s in failed])
         if loaded.spec.rollback and loaded.spec.rollback.enabled and loaded.spec.rollback.automatic:
             run.run_hooks(graph.sections["rollback"], "rollback")
+            notifier.emit("rolled_back", failed=[s.step for s in failed])
         run.run_hooks(graph.sections["on_failure"], "on_failure")
         run.run_hooks(graph.sections["post_failure"], "post_execution.failure")
     else:
@@ -133,7 +139,20 @@ def _run(
     summary.steps.sort(
         key=lambda s: (sections.get(s.section, 2), order.get(s.step, 0) if s.section == "steps" else 0)
     )
-    return _finish(summary, failed_main=[s.step for s in failed], timed_out=run.timed_out)
+    state = _finish(summary, failed_main=[s.step for s in failed], timed_out=run.timed_out)
+    return _notified(notifier, state, summary)
+
+
+def _notified(notifier: RunNotifier, state: State, summary: RunSummary) -> State:
+    """Send `completed` or `failed` for the finished run; the state is returned unchanged."""
+    failed = [s.step for s in summary.steps if s.failed]
+    notifier.emit(
+        "completed" if summary.exit_code == 0 else "failed",
+        duration=(summary.finished or time.time()) - summary.started,
+        failed=failed,
+        detail=summary.message or "",
+    )
+    return state
 
 
 def _unmet_prerequisite(run: WorkflowRun) -> str | None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows.files.report import NOTIFY_TIMEOUT, metrics_json, notify_completion, write_reports
+from tests.receivers import Receiver
 
 SUMMARY = {
     "job_id": "abc123",
@@ -28,31 +27,6 @@ SUMMARY = {
     "started_at": "2026-11-26T10:00:00+00:00",
     "finished_at": "2026-11-26T10:00:05+00:00",
 }
-
-
-class Receiver:
-    """A webhook receiver: records each POST body; `delay` makes it slow."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        bodies = self.bodies = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                time.sleep(delay)
-                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"json://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
