@@ -22,6 +22,7 @@ from flows.files.cli import files_app
 from flows.health.cli import health_app
 from flows.maintenance.cli import db_app
 from flows.maintenance.cli_cache import cache_app
+from flows.schedule import schedule_app
 from flows.trigger import trigger
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.add_typer(files_app, name="files")
 app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
 app.add_typer(health_app, name="health")
+app.add_typer(schedule_app, name="schedule")
 app.command()(trigger)
 
 WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]
