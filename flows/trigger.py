@@ -212,12 +212,12 @@ async def _follow(client, console: Console, run, url, limit, cancel_on_timeout, 
                 lines.append((state.timestamp, logging.INFO, state.name + note))
         if logs:
             since = await _new_logs(client, run, since, seen, lines)
-            quiet, settled = 0, time.monotonic() + 10  # last lines come up to a log batch (2 s) late
-            while final is not None and quiet < 3 and time.monotonic() < settled:
+            # The run's process sends its last lines after its final state, in batches: read on
+            # until the engine's closing "Finished in state" line (a crashed run has none: 15 s).
+            settled = time.monotonic() + 15
+            while final is not None and not _closed(lines) and time.monotonic() < settled:
                 await anyio.sleep(POLL_SECONDS)
-                had = len(lines)
                 since = await _new_logs(client, run, since, seen, lines)
-                quiet = quiet + 1 if len(lines) == had else 0
         for when, level, text in sorted(lines, key=lambda line: line[0]):
             if level >= console.threshold:
                 stamp, name = when.astimezone().strftime(LOG_DATEFMT), logging.getLevelName(level)
@@ -235,6 +235,10 @@ async def _follow(client, console: Console, run, url, limit, cancel_on_timeout, 
     else:
         console.error(f"{run.state.name} {took}: {run.state.message or 'no message'} (see {url})")
     return final, run
+
+
+def _closed(lines: list[tuple[Any, int, str]]) -> bool:
+    return any(text.startswith("Finished in state") for _, _, text in lines)
 
 
 async def _timed_out(client, console: Console, run, url, limit: float, cancel: bool):
