@@ -53,3 +53,15 @@ def write_workflow(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _keep_prefect_log_level():
+    """The command line sets PREFECT_LOGGING_LEVEL for `-q`/`-v` in its own process; tests that
+    call it in-process must not leave that to later tests (and the workers they start)."""
+    before = os.environ.get("PREFECT_LOGGING_LEVEL")
+    yield
+    if before is None:
+        os.environ.pop("PREFECT_LOGGING_LEVEL", None)
+    else:
+        os.environ["PREFECT_LOGGING_LEVEL"] = before

@@ -148,7 +148,9 @@ def test_sigkill_mid_batch_then_resume(records, tmp_path):
     with session() as db:
         first_job = store.list_jobs(db, limit=1)[0]
         done_before = {r.input_path for r in store.job_results(db, first_job.id, status="completed")}
-    assert 15 <= len(done_before) < 60
+    # An output is renamed into place just before its record commits: a kill between the two
+    # leaves at most one such file per worker, which the re-run processes again.
+    assert 13 <= len(done_before) < 60
     time.sleep(0.2)
     again = subprocess.run(command[:-1] + ["--json"], env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-2000:]
