@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from flows.approve import approve
 from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
@@ -44,6 +45,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(health_app, name="health")
 app.add_typer(schedule_app, name="schedule")
 app.command()(trigger)
+app.command()(approve)
 
 WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]
 Env = Annotated[
