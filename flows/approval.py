@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,6 +87,7 @@ def request_approval(
 
     logger = get_run_logger()
     run_id = str(flow_run.id)
+    key = re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-")  # Prefect's input keys are slugs
     link = run_link(run_id)
     where = f"the Prefect UI ({link})" if link else "the Prefect UI"
     line = (

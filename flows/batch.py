@@ -23,6 +23,7 @@ from flows.files.cli import files_app
 from flows.health.cli import health_app
 from flows.maintenance.cli import db_app
 from flows.maintenance.cli_cache import cache_app
+from flows.release.cli import release_app
 from flows.schedule import schedule_app
 from flows.trigger import trigger
 
@@ -44,6 +45,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
 app.add_typer(health_app, name="health")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(release_app, name="release")
 app.command()(trigger)
 app.command()(approve)
 

@@ -70,7 +70,8 @@ def test_plan_renders_and_quotes(capsys):
     assert cli("plan", str(path), "-e", "production", "--set", "services=api,x; rm -rf /") == 0
     out = capsys.readouterr().out
     assert "for service in api 'x; rm -rf /'; do" in out
-    assert "accepted, not yet enforced:" in out and "switch_traffic: manual_approval" in out
+    assert "switch_traffic  [after test_green_environment; waits for approval" in out
+    assert "manual_approval" not in out
     assert cli("plan", str(path), "-e", "staging", "--set", "services=api", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
     skipped = {s["id"]: s["skip"] for s in plan["steps"] if s["skip"]}

@@ -130,3 +130,28 @@ def health_history(
     if since is not None:
         query = query.where(col(HealthCheckResult.checked_at) >= utcnow() - since)
     return list(session.exec(query))
+
+
+class ReleaseRecord(SQLModel, table=True):
+    """One release attempt: what went live where, or why it was rolled back, and who approved."""
+
+    __tablename__ = "release_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    environment: str = Field(index=True)
+    version: str
+    previous_version: str | None = None
+    color: str | None = None  # the color the release went to
+    outcome: str = "running"  # running | released | rolled_back | rejected | failed
+    approved_by: str | None = None
+    reason: str | None = Field(default=None, sa_type=Text)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    flow_run_id: str | None = None
+
+
+def release_history(session: Session, environment: str | None = None, limit: int = 20) -> list[ReleaseRecord]:
+    query = select(ReleaseRecord).order_by(col(ReleaseRecord.id).desc()).limit(limit)
+    if environment:
+        query = query.where(ReleaseRecord.environment == environment)
+    return list(session.exec(query))

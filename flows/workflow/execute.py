@@ -23,6 +23,7 @@ from flows.workflow import plan as planning
 from flows.workflow.dispatch import Dispatcher, Outcome
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
+from flows.workflow.notifications import RunNotifier
 from flows.workflow.report import RunSummary, StepOutcome, notify
 from flows.workflow.spec import Step
 from flows.workflow.tasks import CommandFailed, mark_skipped, retry_unless_final, run_hook_chain, run_step
@@ -61,6 +62,10 @@ class WorkflowRun:
         self.completion_order: list[str] = []
         self.groups_done: set[str] = set()
         self.timed_out = False
+        self.awaiting_approval: list[str] = []  # started by the dispatcher, waiting for a decision
+        self.notifier = RunNotifier(
+            loaded.spec.notifications, loaded.spec.name, summary.environment, summary.workflow_id, self.logger
+        )
 
     # -- one step --------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -172,6 +177,9 @@ class WorkflowRun:
                         for skipped in dispatcher.skip(node_id, reason):
                             self.summary.add(StepOutcome(skipped, "Skipped", reason=reason))
                         continue
+                    if node.step.manual_approval:
+                        self.awaiting_approval.append(leaf)
+                        continue
                     options, kwargs = self.prepare(leaf, node.step, node.loc, node)
                     running[options.submit(**kwargs)] = Pending(leaf, "step")
                 except OpsflowError as exc:  # a template error at run time fails the step, not the run
@@ -186,6 +194,8 @@ class WorkflowRun:
                 self.timed_out = True
                 dispatcher.stop(TIMEOUT_REASON)
             self.start_ready(dispatcher, running)
+            if not running and self.awaiting_approval:
+                self.ask_approval(dispatcher, running)
             if not running:
                 continue
             try:
@@ -204,6 +214,36 @@ class WorkflowRun:
             if settled.outcome is Outcome.NOT_RUN:
                 self.summary.add(StepOutcome(leaf, "NotRun", reason=settled.reason))
         self.run_unfinished_group_hooks(dispatcher)
+
+    def ask_approval(self, dispatcher: Dispatcher, running: dict[PrefectFuture, Pending]) -> None:
+        """Pause the run for each step marked `manual_approval`, once no other step is running
+        (a paused flow run cannot start tasks); approved steps start, rejected ones fail."""
+        from flows.approval import approval_timeout, request_approval
+
+        timeout = approval_timeout()
+        while self.awaiting_approval:
+            leaf = self.awaiting_approval.pop(0)
+            what = f"run step `{leaf}` of {self.summary.workflow} ({self.summary.environment})"
+            decision = request_approval(
+                what,
+                timeout=timeout,
+                key=f"step-{leaf}",
+                announce=lambda line: self.notifier.emit("requires_approval", detail=line),
+            )
+            if not decision.approved:
+                reason = f"approval {decision.describe()}"
+                dispatcher.finish(leaf, Outcome.FAILED, reason)
+                self.summary.add(StepOutcome(leaf, "Failed", reason=reason))
+                continue
+            try:
+                options, kwargs = self.prepare(
+                    leaf, self.graph.nodes[leaf].step, self.graph.nodes[leaf].loc, self.graph.nodes[leaf]
+                )
+            except OpsflowError as exc:
+                dispatcher.finish(leaf, Outcome.FAILED, str(exc))
+                self.summary.add(StepOutcome(leaf, "Failed", reason=str(exc)))
+                continue
+            running[options.submit(**kwargs)] = Pending(leaf, "step")
 
     def step_done(
         self, dispatcher: Dispatcher, running: dict[PrefectFuture, Pending], leaf: str, state: State

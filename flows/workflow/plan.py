@@ -37,6 +37,7 @@ class StepPlan:
     priority: int | None
     limit: int | None  # groups: children at once
     in_order: bool  # groups: children one after another
+    approval: bool = False  # waits for an operator's decision (flows/approval.py)
     unenforced: tuple[str, ...] = ()
     hooks: dict[str, list[HookPlan]] = field(default_factory=dict)
 
@@ -145,7 +146,6 @@ def unenforced_step_fields(step: Step) -> list[str]:
     """Fields parsed now whose behaviour comes with later work; never silently ignored."""
     found = []
     for key in (
-        "manual_approval",
         "circuit_breaker",
         "fallback_steps",
         "resources",
@@ -241,6 +241,7 @@ def _plan_node(
         priority=graph.inherited(node.id, "priority"),  # type: ignore[arg-type]
         limit=graph.group_limit(node.id) if step.is_group else None,
         in_order=step.is_group and not (step.parallel or step.parallel_limit is not None),
+        approval=step.manual_approval,
         unenforced=tuple(unenforced_step_fields(step)),
         hooks={
             section: [plan_hook(loaded, h, context) for h in hooks] for section, hooks in node.hooks.items()

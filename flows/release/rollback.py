@@ -1,0 +1,64 @@
+"""`release rollback`: send traffic back to the other color, which still serves the previous release.
+
+The flow refuses (exit 2) when the other color serves nothing or is not healthy: switching to
+it would take the service down. It leaves a `release_log` row with outcome `rolled_back`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.errors import DependencyError, OpsflowError
+from flows.maintenance.record import finish, recorded
+from flows.release import instances
+from flows.release.flow import _record_start, _record_update, switch_traffic, verify_live
+from flows.release.target import Target, other, release_root
+
+
+@flow(name="release-rollback", log_prints=True)
+def rollback_release(
+    environment: str = "staging",
+    root: str | None = None,
+    blue_port: int = 8081,
+    green_port: int = 8082,
+    router_port: int = 8080,
+    reason: str = "",
+) -> dict[str, Any]:
+    """Switch `environment`'s traffic back to the color not live now, after checking its health."""
+    from prefect.runtime import flow_run
+
+    root_path = release_root(root, environment)
+    target, ports = Target(root_path), {"blue": blue_port, "green": green_port}
+    params = {"environment": environment, "root": str(root_path), "reason": reason}
+    with recorded("release-rollback", params, environment) as outcome:
+        live = target.live()
+        if live is None:
+            raise DependencyError(f"nothing to roll back in {root_path}: no release is live")
+        back, version = other(live), target.version(other(live))
+        if version is None:
+            raise DependencyError(f"{back} serves no release in {root_path}: nothing to roll back to")
+        status, doc = instances.probe(instances.health_url(ports[back]))
+        if status != 200 or doc.get("version") != version:
+            raise DependencyError(
+                f"{back} ({version}) is not healthy on :{ports[back]} ({status or doc.get('error')}): not switching to it"
+            )
+        record = _record_start(environment, version, str(flow_run.id))
+        _record_update(record, previous_version=target.version(live), color=back)
+        instances.ensure_router(root_path, router_port, ports)
+        switch_traffic(root_path, back)
+        try:
+            verify_live(router_port, version)
+        except OpsflowError as exc:
+            switch_traffic(root_path, live)
+            _record_update(record, outcome="failed", reason=str(exc), done=True)
+            raise DependencyError(
+                f"rollback to {back} ({version}) failed its check, {live} is live again: {exc}"
+            ) from None
+        _record_update(record, outcome="rolled_back", reason=reason or None, done=True)
+        outcome.message = (
+            f"{environment}: rolled back to {version} on {back}; {live} keeps {target.version(live)}"
+        )
+        outcome.details = {"live": back, "live_version": version, "previous": target.version(live)}
+    return finish(outcome)
