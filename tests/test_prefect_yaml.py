@@ -68,6 +68,8 @@ def test_every_procedure_flow_is_deployed():
     import flows.maintenance.init
     import flows.maintenance.migrate
     import flows.maintenance.verify
+    import flows.release.flow
+    import flows.release.rollback
 
     modules = [
         flows.health.flow,
@@ -78,6 +80,8 @@ def test_every_procedure_flow_is_deployed():
         flows.maintenance.init,
         flows.maintenance.migrate,
         flows.maintenance.verify,
+        flows.release.flow,
+        flows.release.rollback,
     ]
     defined = {
         f"{module.__name__.replace('.', '/')}.py:{name}"
