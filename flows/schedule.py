@@ -179,20 +179,25 @@ def _find(client, name: str) -> Any:
     raise ValidationError(f"no schedule {name!r}" + (f" — did you mean {hint[0]!r}?" if hint else ""))
 
 
-def _next_run(client, dep: Any) -> datetime | None:
-    """The earliest run the server's scheduler has made, else the cron's next time."""
+def auto_scheduled_runs(client, deployment_id: Any, limit: int = 1) -> list[Any]:
+    """The runs the server's scheduler has made for a deployment and not started yet, earliest first."""
     from prefect.client.schemas import filters as f
     from prefect.client.schemas.sorting import FlowRunSort
 
-    runs = client.read_flow_runs(
+    return client.read_flow_runs(
         flow_run_filter=f.FlowRunFilter(
-            deployment_id=f.FlowRunFilterDeploymentId(any_=[dep.id]),
+            deployment_id=f.FlowRunFilterDeploymentId(any_=[deployment_id]),
             state=f.FlowRunFilterState(type=f.FlowRunFilterStateType(any_=["SCHEDULED"])),
             tags=f.FlowRunFilterTags(all_=["auto-scheduled"]),
         ),
         sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-        limit=1,
+        limit=limit,
     )
+
+
+def _next_run(client, dep: Any) -> datetime | None:
+    """The earliest run the server's scheduler has made, else the cron's next time."""
+    runs = auto_scheduled_runs(client, dep.id)
     if runs and runs[0].expected_start_time:
         return runs[0].expected_start_time
     sched = next(s.schedule for s in dep.schedules if getattr(s.schedule, "cron", None))
