@@ -99,7 +99,7 @@ def health_check(
         "timeout_seconds": settings.check_timeout_seconds,
     }
     logger = get_run_logger()
-    with recorded("health-check", params, settings.environment) as outcome:
+    with recorded("health-check", params, settings) as outcome:
         futures = [check_one.submit(c, settings.check_timeout_seconds) for c in checks]
         results = [f.result() for f in futures]
         document = build_document(

@@ -246,7 +246,7 @@ def enable_audit_trail(
     target = Target.from_url(settings.require_database())
     names = split_names(tables)
     params = {"dry_run": dry_run, "database": str(target), "tables": names, "audit_schema": audit_schema}
-    with recorded("db-audit-enable", params, settings.environment) as outcome:
+    with recorded("db-audit-enable", params, settings) as outcome:
         if not names:
             raise ValidationError("name at least one table to audit")
         changes, per_table = enable_audit(target, settings, names, audit_schema, dry_run)
@@ -280,7 +280,7 @@ def audit_status(
     settings = load_settings(environment, database_url=database_url)
     target = Target.from_url(settings.require_database())
     params = {"database": str(target), "audit_schema": audit_schema}
-    with recorded("db-audit-status", params, settings.environment) as outcome:
+    with recorded("db-audit-status", params, settings) as outcome:
         has_log, has_function, rows = read_audit_status(target, settings, audit_schema)
         outcome.rows = len(rows)
         outcome.details = {
@@ -466,7 +466,7 @@ def slow_queries(
     settings = load_settings(environment, database_url=database_url)
     target = Target.from_url(settings.require_database())
     params = {"database": str(target), "limit": limit, "by": by}
-    with recorded("db-slow-queries", params, settings.environment) as outcome:
+    with recorded("db-slow-queries", params, settings) as outcome:
         if limit < 1:
             raise ValidationError(f"--limit {limit}: give at least 1")
         if by not in SLOW_QUERY_ORDER:

@@ -209,7 +209,7 @@ def backup_create(
     settings = load_settings(environment, database_url=database_url)
     target = _target(settings)
     params = {"label": label, "database": str(target), "backup_dir": str(settings.backups())}
-    with recorded("db-backup-create", params, settings.environment) as outcome:
+    with recorded("db-backup-create", params, settings) as outcome:
         manifest = dump_database(target, str(settings.backups()), label)
         outcome.rows, outcome.bytes = manifest.rows, manifest.size
         outcome.details = manifest.model_dump(mode="json") | {
@@ -235,7 +235,7 @@ def backup_verify(
     settings = load_settings(environment, database_url=database_url)
     target = _target(settings)
     params = {"backup": backup, "within": within, "no_cache": no_cache, "database": str(target)}
-    with recorded("db-backup-verify", params, settings.environment) as outcome:
+    with recorded("db-backup-verify", params, settings) as outcome:
         window = parse_duration(within, what="--within") if within else None
         root = settings.backups()
         if backup == "latest" and not list_backups(root, target.dbname):
@@ -281,7 +281,7 @@ def backup_restore(
     settings = load_settings(environment, database_url=database_url)
     target = _target(settings)
     params = {"backup": backup, "into": into, "keep_replaced": keep_replaced, "dry_run": dry_run}
-    with recorded("db-backup-restore", params | {"database": str(target)}, settings.environment) as outcome:
+    with recorded("db-backup-restore", params | {"database": str(target)}, settings) as outcome:
         manifest, path = find_backup(settings.backups(), backup, target.dbname)
         check_checksum(manifest, path)
         destination = into or target.dbname
@@ -397,7 +397,7 @@ def backup_prune(
     settings = load_settings(environment, database_url=database_url)
     target = _target(settings)
     params = {"keep_last": keep_last, "older_than": older_than, "dry_run": dry_run, "database": str(target)}
-    with recorded("db-backup-prune", params, settings.environment) as outcome:
+    with recorded("db-backup-prune", params, settings) as outcome:
         age = parse_duration(older_than, what="--older-than") if older_than else None
         root = settings.backups()
         doomed = select_prunable(list_backups(root, target.dbname), keep_last=keep_last, older_than=age)

@@ -97,7 +97,7 @@ def cache_report(
         "delimiter": delimiter,
         "top": top,
     }
-    with recorded("cache-report", params, settings.environment) as outcome:
+    with recorded("cache-report", params, settings) as outcome:
         scan.check_grouping(prefix_depth, delimiter, top)
         found = read_report(
             settings.redis_url, settings.connect_timeout_seconds, match, prefix_depth, delimiter
@@ -135,7 +135,7 @@ def cache_delete(
     """Delete the keys matching `pattern` (SCAN, then UNLINK in batches); dry run only counts."""
     settings, where = _target(environment, redis_url)
     params = {"redis": where, "pattern": pattern, "batch_size": batch_size, "dry_run": dry_run}
-    with recorded("cache-delete", params | {"all": allow_all}, settings.environment) as outcome:
+    with recorded("cache-delete", params | {"all": allow_all}, settings) as outcome:
         match = scan.check_delete_pattern(pattern, allow_all)
         scan.check_batch_size(batch_size)
         done = delete_keys(settings.redis_url, settings.connect_timeout_seconds, match, batch_size, dry_run)
@@ -166,7 +166,7 @@ def cache_fix_ttl(
     """Give the keys under `prefix` that have no TTL one of `ttl` (3600, 90s, 15m, 1h, 7d)."""
     settings, where = _target(environment, redis_url)
     params = {"redis": where, "prefix": prefix, "ttl": str(ttl), "batch_size": batch_size, "dry_run": dry_run}
-    with recorded("cache-fix-ttl", params, settings.environment) as outcome:
+    with recorded("cache-fix-ttl", params, settings) as outcome:
         seconds = scan.parse_ttl(ttl)
         match = scan.glob_escape(scan.check_prefix(prefix)) + "*"
         scan.check_batch_size(batch_size)

@@ -381,7 +381,7 @@ def _maintain(
     target = Target.from_url(settings.require_database())
     requested = split_names(tables)
     params = {"dry_run": dry_run, "database": str(target), "tables": requested or ["(all)"]}
-    with recorded(f"db-{verb}", params, settings.environment) as outcome:
+    with recorded(f"db-{verb}", params, settings) as outcome:
         found = find_tables(target, settings, requested)
         if dry_run:
             listed = current_stats(target, settings, found)
@@ -585,7 +585,7 @@ def purge_soft_deleted(
         "batch_size": batch_size,
         "audit_schema": audit_schema,
     }
-    with recorded("db-purge", params, settings.environment) as outcome:
+    with recorded("db-purge", params, settings) as outcome:
         age = parse_age(older_than)
         if batch_size < 1:
             raise ValidationError(f"--batch-size {batch_size}: give at least 1")

@@ -111,7 +111,7 @@ def init_database(
     settings = load_settings(environment, database_url=database_url)
     target = Target.from_url(settings.require_database())
     params = {"dry_run": dry_run, "database": str(target)} | plan_parameters(settings)
-    with recorded("db-init", params, settings.environment) as outcome:
+    with recorded("db-init", params, settings) as outcome:
         changes = ensure_roles(target, [settings.owner_role, settings.readonly_role], dry_run)
         changes += ensure_database(target, settings.owner_role, dry_run)
         if dry_run and changes and any(c.startswith("create database") for c in changes):

@@ -167,7 +167,7 @@ def migrate(
     target = Target.from_url(settings.require_database())
     directory = settings.migrations_dir
     params = {"dry_run": dry_run, "backup": backup, "migrations_dir": str(directory), "database": str(target)}
-    with recorded("db-migrate", params, settings.environment) as outcome:
+    with recorded("db-migrate", params, settings) as outcome:
         migrations = discover(directory)
         with connect(target, autocommit=True) as lock:
             if not lock.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -112,12 +113,18 @@ def _logger() -> Any:
 
 
 @contextmanager
-def recorded(name: str, parameters: dict[str, Any], environment: str) -> Iterator[Outcome]:
-    """Run a procedure body with its `script_execution_log` row around it."""
+def recorded(name: str, parameters: dict[str, Any], settings: Any) -> Iterator[Outcome]:
+    """Run a procedure body with its `script_execution_log` row around it.
+
+    `settings` is the procedure's MaintenanceSettings (its `notify_channels` hear of the
+    outcomes in `notify_events`), or just an environment name for a procedure that notifies
+    on its own.
+    """
     from flows.records.db import session
     from flows.records.procedures import finish_execution, start_execution
 
-    outcome = Outcome(procedure=name)
+    environment = getattr(settings, "environment", settings)
+    outcome, started = Outcome(procedure=name), time.monotonic()
     with session() as db:
         execution_id = start_execution(db, name, safe_parameters(parameters), environment, _flow_run_id()).id
     try:
@@ -138,6 +145,37 @@ def recorded(name: str, parameters: dict[str, Any], environment: str) -> Iterato
                 rows=outcome.rows,
                 bytes_=outcome.bytes,
             )
+        channels = getattr(settings, "notify_channels", None)
+        if channels:
+            _notify(outcome, environment, channels, settings.notify_events, time.monotonic() - started)
+
+
+def _notify(outcome: Outcome, environment: str, channels: list[str], events: list[str], took: float) -> None:
+    """Tell the channels how the procedure ended; a receiver down or slow is only a warning."""
+    from flows.notify import notify_channels
+    from flows.workflow.notifications import message
+
+    event = "completed" if outcome.exit_code in (EXIT_OK, EXIT_DRY_RUN) else "failed"
+    if event not in events:
+        return
+    detail = f"exit code: {outcome.exit_code}" + (
+        f"\n{scrub_text(outcome.message)}" if outcome.message else ""
+    )
+    title, body = message(
+        event,
+        outcome.procedure,
+        environment,
+        _flow_run_id() or "-",
+        duration=took,
+        detail=detail,
+        kind="procedure",
+    )
+    warn = _logger().warning
+    missing = notify_channels(
+        channels, title, body, warn, notify_type="success" if event == "completed" else "failure"
+    )
+    if missing:
+        warn(f"notification channel(s) {', '.join(missing)} have no URL: set OPSFLOW_NOTIFY_<NAME>")
 
 
 def finish(outcome: Outcome, *, table: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -69,6 +69,12 @@ class MaintenanceSettings(BaseSettings):
     disk_paths: list[Path] = Field([Path("/")], description="File systems `health` checks.")
     disk_warn_percent: float = Field(85, gt=0, le=100, description="Disk use that degrades health.")
     disk_critical_percent: float = Field(95, gt=0, le=100, description="Disk use that is unhealthy.")
+    notify_channels: list[str] = Field(
+        [], description="Channels (OPSFLOW_NOTIFY_<NAME> or the channels block) told about procedure runs."
+    )
+    notify_events: list[Literal["completed", "failed"]] = Field(
+        ["failed"], description="Which procedure outcomes are sent to notify_channels."
+    )
 
     @field_validator("schemas", "extensions")
     @classmethod

@@ -80,7 +80,7 @@ def extensions(
     settings = load_settings(environment, database_url=database_url)
     target = Target.from_url(settings.require_database())
     params = {"dry_run": dry_run, "extensions": settings.extensions, "database": str(target)}
-    with recorded("db-extensions", params, settings.environment) as outcome:
+    with recorded("db-extensions", params, settings) as outcome:
         with connect(target) as conn:
             require_migrated(conn, settings)
         created = deploy_extensions(target, settings.extensions, dry_run)
@@ -136,7 +136,7 @@ def verify(
     settings = load_settings(environment, database_url=database_url)
     target = Target.from_url(settings.require_database())
     params = {"no_cache": no_cache, "expected": str(settings.expected_schema), "database": str(target)}
-    with recorded("db-verify", params, settings.environment) as outcome:
+    with recorded("db-verify", params, settings) as outcome:
         _, expected_hash = load_expected(settings.expected_schema)
         with connect(target) as conn:
             require_migrated(conn, settings)
@@ -181,7 +181,7 @@ def setup(environment: str | None = None, database_url: SecretStr | None = None)
     steps = [("init", init_database), ("migrate", migrate), ("extensions", extensions), ("verify", verify)]
     settings = load_settings(environment, database_url=database_url)
     target = Target.from_url(settings.require_database())
-    with recorded("db-setup", {"database": str(target)}, settings.environment) as outcome:
+    with recorded("db-setup", {"database": str(target)}, settings) as outcome:
         done = []
         for name, step in steps:
             state = step(environment=environment, database_url=database_url, return_state=True)

@@ -34,10 +34,11 @@ def message(
     duration: float | None = None,
     failed: Sequence[str] = (),
     detail: str = "",
+    kind: str = "workflow",
 ) -> tuple[str, str]:
-    """(title, body) of a notification. Pure but for the UI link."""
+    """(title, body) of a notification about a workflow (or a procedure: `kind`). Pure but for the UI link."""
     title = f"opsflow: {workflow} {event.replace('_', ' ')} ({environment})"
-    lines = [f"workflow: {workflow}", f"environment: {environment}", f"run: {run_id}", f"event: {event}"]
+    lines = [f"{kind}: {workflow}", f"environment: {environment}", f"run: {run_id}", f"event: {event}"]
     if duration is not None:
         lines.append(f"duration: {duration:.1f}s")
     if failed:

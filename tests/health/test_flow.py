@@ -90,6 +90,24 @@ def test_an_unreachable_required_service_exits_4(closed_port):
     assert not any(PASSWORD in entry.message for entry in logs)
 
 
+def test_a_failed_procedure_notifies_its_channels_without_secrets(closed_port, endpoints, monkeypatch):
+    from tests.receivers import Receiver
+
+    hook = Receiver()
+    monkeypatch.setenv("OPSFLOW_NOTIFY_CHANNELS", '["hook"]')
+    monkeypatch.setenv("OPSFLOW_NOTIFY_HOOK", hook.url)
+    try:
+        assert run(redis_url=SecretStr(f"redis://:{PASSWORD}@127.0.0.1:{closed_port}/0"))["exit_code"] == 4
+        assert run(endpoints=[f"api={endpoints.url('/ok')}"])["exit_code"] == 0  # not an event by default
+    finally:
+        hook.close()
+    (post,) = [json.loads(body) for body in hook.bodies]
+    assert post["title"].startswith("opsflow: health-check failed (")
+    assert "procedure: health-check" in post["message"] and "exit code: 4" in post["message"]
+    assert "unhealthy: redis (required, down)" in post["message"] and "/runs/flow-run/" in post["message"]
+    assert PASSWORD not in json.dumps(post)
+
+
 def test_a_failing_endpoint_that_is_not_required_degrades(endpoints):
     outcome = run(endpoints=[f"api={endpoints.url('/fail')}", endpoints.url("/ok")])
     document = outcome["details"]
