@@ -15,7 +15,7 @@ went wrong, or returns a one-line detail. To add one, append it to CHECKS and ad
 calls it in tests/test_e2e.py, which runs the same checks under one module-scoped Stack. A run
 that stops half-way (a paused release waiting for its approval) is started without waiting:
 
-    started = stack.run_deployment("release-blue-green", {"version": "v1.2.3"}, wait=False)
+    started = stack.run_deployment("release-production", {"version": "1.2.3"}, wait=False)
     stack.wait_for_state(started.run.id, "PAUSED")
     assert stack.opsflow("approve", str(started.run.id)).returncode == 0
     assert stack.wait_for_state(started.run.id, "COMPLETED", "FAILED").state.is_completed()
@@ -390,12 +390,60 @@ def check_ui_shows_run(stack: Stack, out: Path | None = None) -> str:
     return f"{page} shows {run.name}; screenshot {png}"
 
 
+def check_release_approval(stack: Stack) -> str:
+    """A production release pauses for approval (the UI shows the paused run), `approve` resumes
+    it through the API, and the new version is live behind the router."""
+    from flows.release import instances
+
+    root = stack.out / "release-production"
+    router, blue, green = free_port(), free_port(), free_port()
+    params = {
+        "version": "1.2.3",
+        "root": str(root),
+        "router_port": router,
+        "blue_port": blue,
+        "green_port": green,
+    }
+    try:
+        started = stack.run_deployment("release-production", params, wait=False)
+        paused = stack.wait_for_state(started.run.id, "PAUSED", timeout=180)
+        details = paused.state.state_details
+        assert details.run_input_keyset, (
+            f"{paused.name} is paused without asking for input: no form in the UI"
+        )
+        chromium, out = find_chromium(), stack.out.resolve()
+        if chromium is not None:  # the paused run's page offers to resume it (the approval form)
+            png = out / f"flow-run-{paused.name}-paused.png"
+            page = f"{stack.url}/runs/flow-run/{paused.id}"
+            dom = browse(chromium, page, ["--dump-dom", f"--screenshot={png}"], 20_000, out).stdout
+            assert "Paused" in dom and "Resume" in dom, (
+                f"{page} shows no paused run to resume (screenshot {png})"
+            )
+        health = instances.probe(
+            instances.health_url(green if instances.running_pid(root, "green") else blue)
+        )
+        assert health[1].get("version") == "1.2.3", (
+            f"the idle color does not serve 1.2.3 while paused: {health}"
+        )
+        done = stack.opsflow("approve", str(paused.id), "--reason", "e2e", "--as", "e2e")
+        assert done.returncode == 0, done.stderr[-2000:]
+        run = stack.wait_for_state(paused.id, "COMPLETED", "FAILED", "CRASHED", timeout=120)
+        assert run.state.is_completed(), f"{run.name} ({run.id}) is {run.state.name}: {run.state.message}"
+        live = instances.probe(instances.health_url(router))
+        assert live[0] == 200 and live[1].get("version") == "1.2.3", f"the router serves {live}"
+        return f"{run.name} ({run.id}) paused, approved through the API, 1.2.3 live on :{router}"
+    finally:
+        for name in ("router", "blue", "green"):
+            instances.stop(root, name)
+
+
 CHECKS: list[Callable[[Stack], str]] = [
     check_deployments,
     check_cron_schedules,
     check_trigger_completes,
     check_trigger_fails,
     check_ui_shows_run,
+    check_release_approval,
 ]
 
 

@@ -113,3 +113,9 @@ def test_ui_shows_the_flow_run(stack, tmp_path):
     require_chromium()
     e2e.check_ui_shows_run(stack, out=tmp_path)
     assert list(tmp_path.glob("flow-run-*.png"))
+
+
+@pytest.mark.slow
+def test_a_paused_release_goes_live_once_approved_through_the_api(stack):
+    require_chromium()
+    e2e.check_release_approval(stack)
