@@ -47,6 +47,9 @@ app.add_typer(health_app, name="health")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(release_app, name="release")
 app.command()(trigger)
+from flows.backfill import backfill  # noqa: E402 - kept beside its registration
+
+app.command()(backfill)
 app.command()(approve)
 
 WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]

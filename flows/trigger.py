@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -67,6 +68,14 @@ def _text_only(prop: dict[str, Any]) -> bool:
     return "string" in types and types <= {"string", "null", None}
 
 
+def parse_timeout(text: str | None) -> float | None:
+    """`--timeout` in seconds (30s, 5m, 1h...); None without one."""
+    try:
+        return None if text is None else parse_duration(text)
+    except ValueError as exc:
+        raise ValidationError(f"--timeout: {exc}") from None
+
+
 def exit_code_for(state_type: str) -> int | None:
     """The exit code of a final state type (COMPLETED, FAILED...); None while the run goes on."""
     return FINAL.get(state_type.upper())
@@ -94,24 +103,12 @@ def trigger(
     console = Console(verbose=verbose, quiet=quiet)
     try:
         parse_params(params or [])  # bad syntax fails before any API call
-        try:
-            limit = None if timeout is None else parse_duration(timeout)
-        except ValueError as exc:
-            raise ValidationError(f"--timeout: {exc}") from None
+        limit = parse_timeout(timeout)
         if not wait and (timeout is not None or logs or cancel_on_timeout):
             raise ValidationError("--timeout, --cancel-on-timeout and --logs need --wait")
         if cancel_on_timeout and limit is None:
             raise ValidationError("--cancel-on-timeout needs --timeout")
-        from flows.batch import _configure_prefect_logging
-        from flows.local_server import ensure_api, local_api_url
-        from flows.settings import get_settings
-
-        settings = get_settings()
-        if ensure_api(settings.server, settings.server_port, console.info) is None:
-            if settings.server == "ephemeral":
-                raise ValidationError("a deployment run needs a Prefect server, not OPSFLOW_SERVER=ephemeral")
-            raise ConnectionFailure(f"no PREFECT_API_URL, no server at {local_api_url(settings.server_port)}")
-        _configure_prefect_logging(verbose=verbose, quiet=quiet)
+        need_server(console, verbose, quiet)
         import anyio
 
         args = (console, deployment, params or [], wait, limit, cancel_on_timeout, logs)
@@ -124,28 +121,32 @@ def trigger(
     return code
 
 
-async def _trigger(console, name, items, wait, limit, cancel_on_timeout, logs) -> tuple[int, dict]:
-    import httpx
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import PrefectHTTPStatusError
-    from prefect.settings import PREFECT_API_URL
-    from prefect.utilities.urls import url_for
+def need_server(console: Console, verbose: bool, quiet: bool) -> None:
+    """A Prefect server that keeps running (a deployment's runs need one), else exit 4 (3 if ephemeral)."""
+    from flows.batch import _configure_prefect_logging
+    from flows.local_server import ensure_api, local_api_url
+    from flows.settings import get_settings
 
-    api, run, code = PREFECT_API_URL.value(), None, EXIT_OK
+    settings = get_settings()
+    if ensure_api(settings.server, settings.server_port, console.info) is None:
+        if settings.server == "ephemeral":
+            raise ValidationError("a deployment run needs a Prefect server, not OPSFLOW_SERVER=ephemeral")
+        raise ConnectionFailure(f"no PREFECT_API_URL, no server at {local_api_url(settings.server_port)}")
+    _configure_prefect_logging(verbose=verbose, quiet=quiet)
+
+
+@contextlib.contextmanager
+def api_errors(api: str, where: Callable[[], str | None] = lambda: None) -> Iterator[None]:
+    """Prefect client errors as opsflow's: 4 unreachable, silent or 5xx; 5 refused; 3 a bad request."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
     try:
-        async with get_client() as client:
-            dep, dep_name = await _find_deployment(client, name, api)
-            params = parse_params(items, dep.parameter_openapi_schema or {})
-            run = await client.create_flow_run_from_deployment(dep.id, parameters=params)
-            console.name, url = run.name, url_for(run)
-            console.info(f"created flow run {run.name!r} ({run.id}) of {dep_name}: {url}")
-            if wait:
-                code, run = await _follow(client, console, run, url, limit, cancel_on_timeout, logs)
+        yield
     except TimeoutError:
         raise ConnectionFailure(f"no answer from the Prefect API at {api} in {CONNECT_SECONDS:g}s") from None
     except httpx.TransportError as exc:
-        where = f"flow run {run.name!r} ({run.id})" if run else None
-        raise ConnectionFailure(f"cannot reach the Prefect API at {api}: {exc}", where=where) from None
+        raise ConnectionFailure(f"cannot reach the Prefect API at {api}: {exc}", where=where()) from None
     except PrefectHTTPStatusError as exc:
         status, detail = exc.response.status_code, exc.response.text
         with contextlib.suppress(ValueError):
@@ -153,6 +154,23 @@ async def _trigger(console, name, items, wait, limit, cancel_on_timeout, logs) -
         kind = ConnectionFailure if status >= 500 else ValidationError
         kind = PermissionFailure if status in (401, 403) else kind
         raise kind(f"the Prefect API answered {status}: {detail}") from None
+
+
+async def _trigger(console, name, items, wait, limit, cancel_on_timeout, logs) -> tuple[int, dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.utilities.urls import url_for
+
+    api, run, code = PREFECT_API_URL.value(), None, EXIT_OK
+    with api_errors(api, lambda: f"flow run {run.name!r} ({run.id})" if run else None):
+        async with get_client() as client:
+            dep, dep_name = await find_deployment(client, name, api)
+            params = parse_params(items, dep.parameter_openapi_schema or {})
+            run = await client.create_flow_run_from_deployment(dep.id, parameters=params)
+            console.name, url = run.name, url_for(run)
+            console.info(f"created flow run {run.name!r} ({run.id}) of {dep_name}: {url}")
+            if wait:
+                code, run = await _follow(client, console, run, url, limit, cancel_on_timeout, logs)
     return code, {
         "id": str(run.id),
         "name": run.name,
@@ -165,7 +183,7 @@ async def _trigger(console, name, items, wait, limit, cancel_on_timeout, logs) -
     }
 
 
-async def _find_deployment(client, name: str, api: str):
+async def find_deployment(client, name: str, api: str):
     """The deployment and its FLOW/DEPLOYMENT name, from either name form or an id."""
     from uuid import UUID
 

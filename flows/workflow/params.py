@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from flows.errors import ValidationError
@@ -18,7 +19,7 @@ from flows.workflow.spec import Parameter
 from flows.workflow.template import compile_template, is_template
 from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
-BUILTIN_NAMES = ("environment", "workflow_id", "workflow", "outputs")
+BUILTIN_NAMES = ("environment", "workflow_id", "workflow", "outputs", "logical_date")
 MAX_VALUE_LENGTH = 64 * 1024
 
 
@@ -148,8 +149,13 @@ def bind(
     environment: str | None,
     default_environment: str,
     workflow_id: str,
+    logical_date: str | None = None,
 ) -> Bound:
-    """Typed parameters + builtins + variables + conditions, with validation rules checked."""
+    """Typed parameters + builtins + variables + conditions, with validation rules checked.
+
+    `logical_date` is the moment the run stands for (a backfill passes its cron tick); without
+    one, now (UTC), so `plan` shows what a run started now would get.
+    """
     spec = loaded.spec
     declared = {p.name: p for p in spec.parameters}
     warnings: list[str] = []
@@ -193,6 +199,7 @@ def bind(
         "workflow_id": workflow_id,
         "workflow": spec.name,
         "outputs": {},
+        "logical_date": logical_date or datetime.now(UTC).isoformat(timespec="seconds"),
     }
     for key, value in spec.variables.items():
         if isinstance(value, str) and is_template(value):

@@ -37,6 +37,8 @@ THREADS = 64  # the dispatcher enforces the real limits; this only has to be lar
 
 
 def _flow_run_name() -> str:
+    if "backfill" in (current_flow_run.tags or []):  # `opsflow backfill` named it after its tick
+        return current_flow_run.name
     params = current_flow_run.parameters or {}
     path = str(params.get("path", "workflow"))
     try:
@@ -60,12 +62,26 @@ def run_workflow(
     continue_on_error: bool = False,
     timeout: str | None = None,
     default_environment: str = "development",
+    logical_date: str | None = None,
 ) -> State:
-    """Run the YAML workflow at `path`: one task run per step, summary as a table artifact."""
+    """Run the YAML workflow at `path`: one task run per step, summary as a table artifact.
+
+    `logical_date` (`{{ .logical_date }}`): the moment the run stands for, as an ISO datetime;
+    `opsflow backfill` passes the cron tick, other runs get their scheduled start time.
+    """
+    start = current_flow_run.scheduled_start_time  # a run made by the scheduler: its cron tick
+    logical_date = logical_date or (start.isoformat(timespec="seconds") if start else None)
     try:
         with stop_commands_on_signals():
             return _run(
-                path, parameters, environment, parallel, continue_on_error, timeout, default_environment
+                path,
+                parameters,
+                environment,
+                parallel,
+                continue_on_error,
+                timeout,
+                default_environment,
+                logical_date,
             )
     except OpsflowError as err:
         # Bad input or an unmet prerequisite: one line in the run's log, not a traceback.
@@ -81,6 +97,7 @@ def _run(
     continue_on_error: bool,
     timeout: str | None,
     default_environment: str,
+    logical_date: str | None,
 ) -> State:
     logger = get_run_logger()
     loaded = load_workflow(path)
@@ -93,6 +110,7 @@ def _run(
         environment=environment,
         default_environment=default_environment,
         workflow_id=workflow_id,
+        logical_date=logical_date,
     )
     for warning in [*analysis.warnings, *bound.warnings]:
         logger.warning(warning)
@@ -211,6 +229,7 @@ def _command_env(context: dict[str, Any], parameters: dict[str, Any]) -> dict[st
         "OPSFLOW_WORKFLOW": str(context["workflow"]),
         "OPSFLOW_WORKFLOW_ID": str(context["workflow_id"]),
         "OPSFLOW_ENVIRONMENT": str(context["environment"]),
+        "OPSFLOW_LOGICAL_DATE": str(context["logical_date"]),
     }
     for name, value in parameters.items():
         env[f"OPSFLOW_PARAM_{name.upper()}"] = _as_text(value) if value is not None else ""

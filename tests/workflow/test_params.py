@@ -116,3 +116,16 @@ def test_types_and_nul_bytes(write_workflow):
     ]:
         with pytest.raises(ValidationError, match=needle):
             run(**sets)
+
+
+def test_logical_date_is_built_in_given_or_now_and_not_settable():
+    loaded = load_workflow(FIXTURES / "seed001" / "basic-deployment.yaml")
+    args = {"environment": None, "default_environment": "dev", "workflow_id": "w"}
+    tick = "2026-11-01T02:00:00+01:00"
+    assert bind(loaded, {}, **args, logical_date=tick).context["logical_date"] == tick
+    from datetime import UTC, datetime
+
+    now = datetime.fromisoformat(bind(loaded, {}, **args).context["logical_date"])
+    assert now.tzinfo is not None and abs((datetime.now(UTC) - now).total_seconds()) < 5
+    with pytest.raises(ValidationError, match="`logical_date` is set by opsflow"):
+        bind(loaded, {"logical_date": tick}, **args)

@@ -472,3 +472,22 @@ def test_parameters_reach_commands_as_environment(write_workflow):
     )
     state, summary = run(path, parameters={"msg": "x; $(y)"})
     assert state.is_completed(), summary
+
+
+def test_logical_date_is_the_given_tick_else_the_runs_scheduled_start(write_workflow, tmp_path):
+    seen = tmp_path / "seen"
+    path = write_workflow(
+        'name: dated\nvariables:\n  day: "{{ .logical_date[:10] }}"\nsteps:\n'
+        f"  - command: echo {{{{ .logical_date }}}} {{{{ .day }}}} $OPSFLOW_LOGICAL_DATE >> {seen}\n"
+    )
+    tick = "2026-11-01T02:00:00+01:00"
+    assert run(path, logical_date=tick)[0].is_completed()
+    before = time.time()
+    assert run(path)[0].is_completed()
+    given, default = [line.split() for line in seen.read_text().splitlines()]
+    assert given == [tick, "2026-11-01", tick]
+    from datetime import datetime
+
+    started = datetime.fromisoformat(default[0])  # this run's expected start time, to the second
+    assert default[0] == default[2] and started.utcoffset().total_seconds() == 0
+    assert abs(started.timestamp() - before) < 10
