@@ -46,9 +46,9 @@ def approve(
             raise ValidationError("--reject, --reason and --as need the RUN to decide on")
         if reject and not reason.strip():
             raise ValidationError('--reject needs --reason "..." (it is recorded and notified)')
-        from flows.prefect_api import connect
+        from flows.prefect_api import need_server
 
-        api = connect(console, verbose=verbose, quiet=quiet, what="approve")
+        api = need_server(console, verbose, quiet, what="approve")
         import anyio
 
         if run is None:

@@ -24,15 +24,8 @@ import typer
 from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_OK, OpsflowError, ValidationError
-from flows.trigger import (
-    POLL_SECONDS,
-    Timeout,
-    api_errors,
-    exit_code_for,
-    find_deployment,
-    need_server,
-    parse_timeout,
-)
+from flows.prefect_api import api_errors, need_server
+from flows.trigger import POLL_SECONDS, Timeout, exit_code_for, find_deployment, parse_timeout
 from flows.workflow.units import format_duration
 
 MAX_TICKS = 1000

@@ -1,23 +1,23 @@
 """Commands that talk to a Prefect server: find it, and turn its failures into opsflow errors.
 
-`connect` points this process at the API the way every opsflow command does (PREFECT_API_URL,
-else the local server; never a temporary one, which would hold no runs); `api_errors` turns
-transport failures, timeouts and HTTP errors into the one-line errors and exit codes of
-flows/errors.py.
+`need_server` points this process at the API the way every opsflow command does
+(PREFECT_API_URL, else the local server; never a temporary one, which would hold no
+deployments or paused runs); `api_errors` turns transport failures, timeouts and HTTP errors
+into the one-line errors and exit codes of flows/errors.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flows.errors import ConnectionFailure, PermissionFailure, ValidationError
 
 CONNECT_SECONDS = 10.0  # bounds a first request: Prefect's client retries timeouts for minutes
 
 
-def connect(console, *, verbose: bool, quiet: bool, what: str = "this command") -> str:
-    """The API URL this process now uses; raises when there is none to use."""
+def need_server(console, verbose: bool, quiet: bool, what: str = "a deployment run") -> str:
+    """The URL of a Prefect server that keeps running, else exit 4 (3 if OPSFLOW_SERVER=ephemeral)."""
     from flows.batch import _configure_prefect_logging
     from flows.local_server import ensure_api, local_api_url
     from flows.settings import get_settings
@@ -33,8 +33,8 @@ def connect(console, *, verbose: bool, quiet: bool, what: str = "this command") 
 
 
 @contextlib.contextmanager
-def api_errors(api: str, where: str | None = None) -> Iterator[None]:
-    """Prefect client failures as ConnectionFailure (4), PermissionFailure (5) or ValidationError (3)."""
+def api_errors(api: str, where: Callable[[], str | None] = lambda: None) -> Iterator[None]:
+    """Prefect client errors as opsflow's: 4 unreachable, silent or 5xx; 5 refused; 3 a bad request."""
     import httpx
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -43,7 +43,7 @@ def api_errors(api: str, where: str | None = None) -> Iterator[None]:
     except TimeoutError:
         raise ConnectionFailure(f"no answer from the Prefect API at {api} in {CONNECT_SECONDS:g}s") from None
     except httpx.TransportError as exc:
-        raise ConnectionFailure(f"cannot reach the Prefect API at {api}: {exc}", where=where) from None
+        raise ConnectionFailure(f"cannot reach the Prefect API at {api}: {exc}", where=where()) from None
     except PrefectHTTPStatusError as exc:
         status, detail = exc.response.status_code, exc.response.text
         with contextlib.suppress(ValueError):

@@ -9,13 +9,11 @@ client part does what `prefect deployment run --watch` does (same parameter chec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -28,13 +26,12 @@ from flows.errors import (
     EXIT_OK,
     ConnectionFailure,
     OpsflowError,
-    PermissionFailure,
     ValidationError,
 )
+from flows.prefect_api import CONNECT_SECONDS, api_errors, need_server
 from flows.workflow.units import format_duration, parse_duration
 
 POLL_SECONDS = 1.0
-CONNECT_SECONDS = 10.0  # bounds finding the deployment: Prefect's client retries timeouts for minutes
 LOG_WINDOW = timedelta(seconds=30)  # log lines may reach the API late: re-read this far back
 FINAL = {"COMPLETED": EXIT_OK, "FAILED": EXIT_FAILURE, "CRASHED": EXIT_FAILURE, "CANCELLED": EXIT_FAILURE}
 
@@ -119,41 +116,6 @@ def trigger(
     line = f"{doc['id']} {doc['name']} {doc['state']} {doc['url']}"
     console.json(doc) if json_output else console.out(line)
     return code
-
-
-def need_server(console: Console, verbose: bool, quiet: bool) -> None:
-    """A Prefect server that keeps running (a deployment's runs need one), else exit 4 (3 if ephemeral)."""
-    from flows.batch import _configure_prefect_logging
-    from flows.local_server import ensure_api, local_api_url
-    from flows.settings import get_settings
-
-    settings = get_settings()
-    if ensure_api(settings.server, settings.server_port, console.info) is None:
-        if settings.server == "ephemeral":
-            raise ValidationError("a deployment run needs a Prefect server, not OPSFLOW_SERVER=ephemeral")
-        raise ConnectionFailure(f"no PREFECT_API_URL, no server at {local_api_url(settings.server_port)}")
-    _configure_prefect_logging(verbose=verbose, quiet=quiet)
-
-
-@contextlib.contextmanager
-def api_errors(api: str, where: Callable[[], str | None] = lambda: None) -> Iterator[None]:
-    """Prefect client errors as opsflow's: 4 unreachable, silent or 5xx; 5 refused; 3 a bad request."""
-    import httpx
-    from prefect.exceptions import PrefectHTTPStatusError
-
-    try:
-        yield
-    except TimeoutError:
-        raise ConnectionFailure(f"no answer from the Prefect API at {api} in {CONNECT_SECONDS:g}s") from None
-    except httpx.TransportError as exc:
-        raise ConnectionFailure(f"cannot reach the Prefect API at {api}: {exc}", where=where()) from None
-    except PrefectHTTPStatusError as exc:
-        status, detail = exc.response.status_code, exc.response.text
-        with contextlib.suppress(ValueError):
-            detail = exc.response.json().get("detail") or detail
-        kind = ConnectionFailure if status >= 500 else ValidationError
-        kind = PermissionFailure if status in (401, 403) else kind
-        raise kind(f"the Prefect API answered {status}: {detail}") from None
 
 
 async def _trigger(console, name, items, wait, limit, cancel_on_timeout, logs) -> tuple[int, dict]:
