@@ -415,7 +415,12 @@ def check_release_approval(stack: Stack) -> str:
         if chromium is not None:  # the paused run's page offers to resume it (the approval form)
             png = out / f"flow-run-{paused.name}-paused.png"
             page = f"{stack.url}/runs/flow-run/{paused.id}"
-            dom = browse(chromium, page, ["--dump-dom", f"--screenshot={png}"], 20_000, out).stdout
+            for budget in (10_000, 20_000):  # a paused run's page keeps polling: retry on a slow render
+                dom = browse(
+                    chromium, page, ["--dump-dom", f"--screenshot={png}"], budget, out, wall=30
+                ).stdout
+                if "Paused" in dom and "Resume" in dom:
+                    break
             assert "Paused" in dom and "Resume" in dom, (
                 f"{page} shows no paused run to resume (screenshot {png})"
             )
@@ -542,10 +547,11 @@ def find_chromium() -> str | None:
 
 
 def browse(
-    chromium: str, url: str, action: list[str], budget_ms: int, out: Path
+    chromium: str, url: str, action: list[str], budget_ms: int, out: Path, wall: float = 60
 ) -> subprocess.CompletedProcess:
-    """Headless Chromium on `url` for `budget_ms` of virtual time, in a throwaway profile;
-    its whole process group is killed afterwards."""
+    """Headless Chromium on `url` for `budget_ms` of virtual time (and `wall` more seconds at
+    most), in a throwaway profile; its whole process group is killed afterwards. A render that
+    runs out of wall time returns an empty page, so callers can retry."""
     with tempfile.TemporaryDirectory(prefix="opsflow-e2e-chromium-") as profile:
         cmd = [
             chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -556,14 +562,14 @@ def browse(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
         try:
-            stdout, stderr = proc.communicate(timeout=budget_ms / 1000 + 60)
+            stdout, stderr = proc.communicate(timeout=budget_ms / 1000 + wall)
         except subprocess.TimeoutExpired:
             stdout, stderr = "", "timed out"
         finally:
             kill_group(proc, signal.SIGKILL)
     with open(out / "chromium.log", "a") as log:
         log.write(f"$ {' '.join(cmd)}\n{stderr}\n")
-    if proc.returncode != 0:
+    if proc.returncode != 0 and stderr != "timed out":
         raise CheckFailed(f"chromium exited {proc.returncode} on {url} (see {out / 'chromium.log'})")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 

@@ -8,6 +8,7 @@ service, so a reused pid is never signalled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,11 +47,22 @@ def stop(root: Path, name: str, grace: float = 5.0) -> bool:
         return False
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
-    if Path(f"/proc/{pid}").exists():
+    if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs; an exited child of this process is reaped, not waited for."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def start(root: Path, name: str, args: list[str], health_url: str) -> int:
