@@ -26,6 +26,7 @@ from flows.maintenance.cli_cache import cache_app
 from flows.release.cli import release_app
 from flows.schedule import schedule_app
 from flows.trigger import trigger
+from flows.workflow.templates_cli import create, template_app, templates
 
 app = typer.Typer(
     name="opsflow",
@@ -46,6 +47,9 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(health_app, name="health")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(release_app, name="release")
+app.add_typer(template_app, name="template")
+app.command()(templates)
+app.command()(create)
 app.command()(trigger)
 from flows.backfill import backfill  # noqa: E402 - kept beside its registration
 

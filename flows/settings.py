@@ -15,6 +15,9 @@ class Settings(BaseSettings):
 
     environment: str = Field("development", description="Environment when a run gives no -e.")
     workflows_dir: Path = Field(Path("deployments/workflows"), description="Where `list` looks.")
+    templates_dir: Path = Field(
+        Path("deployments/templates"), description="User workflow templates (`templates`, `create`)."
+    )
     parallel: int = Field(8, ge=1, description="Most steps running at once when --parallel is not given.")
     server: Literal["auto", "reuse", "ephemeral"] = Field(
         "auto", description="How local runs find a Prefect API (see flows/local_server.py)."
