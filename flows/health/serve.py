@@ -12,7 +12,8 @@ each procedure (`script_execution_duration_seconds`, `script_execution_status` 1
 0 failure, `script_last_run_timestamp` = when it ended) and the health gauges
 (`opsflow_health_status` 1 / 0.5 / 0, `opsflow_health_check_up`,
 `opsflow_health_check_response_seconds`), through a prometheus-client Collector on a registry
-of its own.
+of its own; and every workflow's metrics (`opsflow_workflow_*`, from $OPSFLOW_HOME/metrics/*.json,
+flows/workflow/metrics.py).
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ class HealthCollector(Collector):
 
 
 def make_registry(service: HealthService, runs: Callable[[], list[Any]] = latest_runs) -> CollectorRegistry:
+    from flows.workflow.metrics import MetricsCollector, read_states
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HealthCollector(service, runs))
+    registry.register(MetricsCollector(read_states))  # each workflow's metrics file, read per scrape
     return registry
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from flows.errors import ValidationError
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
+from flows.workflow.metrics import check_metrics
 from flows.workflow.params import BUILTIN_NAMES
 from flows.workflow.shellctx import ANSI, BACKTICK
 from flows.workflow.spec import Step
@@ -29,6 +30,7 @@ def analyse(loaded: LoadedWorkflow) -> Analysis:
     graph = build_graph(loaded)
     _check_references(loaded, graph)
     _check_resources(loaded, graph)
+    check_metrics(loaded, graph)
     return Analysis(graph=graph, warnings=check_templates(loaded, graph))
 
 

@@ -150,7 +150,6 @@ def unenforced_step_fields(step: Step) -> list[str]:
         "fallback_steps",
         "resources",
         "resource_requirements",
-        "metrics",
     ):
         if getattr(step, key):
             found.append(key)
@@ -158,7 +157,13 @@ def unenforced_step_fields(step: Step) -> list[str]:
 
 
 def unenforced_workflow_fields(spec: Workflow) -> list[str]:
-    found = [key for key in ("monitoring", "metrics", "recovery") if getattr(spec, key)]
+    found = ["recovery"] if spec.recovery else []
+    if spec.monitoring:
+        found += [
+            f"monitoring.{key}"
+            for key in ("health_checks", "log_aggregation")
+            if getattr(spec.monitoring, key)
+        ]
     if spec.circuit_breakers:
         found.append("circuit_breakers")
     if spec.resource_limits and (spec.resource_limits.memory_limit or spec.resource_limits.cpu_limit):

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -24,8 +24,8 @@ from flows.workflow import plan as planning
 from flows.workflow.check import analyse
 from flows.workflow.dispatch import Dispatcher
 from flows.workflow.execute import TIMEOUT_REASON, WorkflowRun
-from flows.workflow.graph import Hook
-from flows.workflow.load import load_workflow
+from flows.workflow.graph import Graph, Hook
+from flows.workflow.load import LoadedWorkflow, load_workflow
 from flows.workflow.notifications import RunNotifier
 from flows.workflow.params import bind
 from flows.workflow.report import RunSummary
@@ -132,7 +132,7 @@ def _run(
     unmet = _unmet_prerequisite(run)
     if unmet:
         run.logger.error(unmet)
-        return _notified(notifier, _finish(summary, failed_main=[], unmet=unmet), summary)
+        return _notified(notifier, _finish(summary, failed_main=[], unmet=unmet), summary, loaded, graph)
     strategy = "continue_on_error" if continue_on_error else loaded.spec.error_handling.strategy
     dispatcher = Dispatcher(
         graph,
@@ -158,11 +158,14 @@ def _run(
         key=lambda s: (sections.get(s.section, 2), order.get(s.step, 0) if s.section == "steps" else 0)
     )
     state = _finish(summary, failed_main=[s.step for s in failed], timed_out=run.timed_out)
-    return _notified(notifier, state, summary)
+    return _notified(notifier, state, summary, loaded, graph)
 
 
-def _notified(notifier: RunNotifier, state: State, summary: RunSummary) -> State:
-    """Send `completed` or `failed` for the finished run; the state is returned unchanged."""
+def _notified(
+    notifier: RunNotifier, state: State, summary: RunSummary, loaded: LoadedWorkflow, graph: Graph
+) -> State:
+    """Send `completed` or `failed` for the finished run, record its metrics and send the alerts
+    that fire; the state is returned unchanged."""
     failed = [s.step for s in summary.steps if s.failed]
     notifier.emit(
         "completed" if summary.exit_code == 0 else "failed",
@@ -170,6 +173,7 @@ def _notified(notifier: RunNotifier, state: State, summary: RunSummary) -> State
         failed=failed,
         detail=summary.message or "",
     )
+    _metrics_and_alerts(loaded, graph, summary, notifier)
     return state
 
 
@@ -234,3 +238,31 @@ def _command_env(context: dict[str, Any], parameters: dict[str, Any]) -> dict[st
     for name, value in parameters.items():
         env[f"OPSFLOW_PARAM_{name.upper()}"] = _as_text(value) if value is not None else ""
     return env
+
+def _metrics_and_alerts(
+    loaded: LoadedWorkflow, graph: Graph, summary: RunSummary, notifier: RunNotifier
+) -> None:
+    """The run's metrics to $OPSFLOW_HOME/metrics and a markdown artifact; firing alerts sent.
+    Writing metrics must never change the run's result: a failure here is a warning."""
+    from flows.workflow import alerts, metrics
+
+    if not metrics.enabled(loaded, graph):
+        return
+    try:
+        recorded = metrics.record_run(loaded, graph, summary)
+    except OSError as err:
+        notifier.logger.warning(f"metrics not written: {err}")
+        return
+    rows = "\n".join(f"| {name} | {value:g} |" for name, value in sorted(recorded.values.items()))
+    create_markdown_artifact(
+        key=_artifact_key(summary.workflow) + "-metrics",
+        markdown=f"| metric | value |\n|---|---|\n{rows}\n\nPrometheus text: `{recorded.prom_path}`",
+        description=f"{summary.workflow} metrics",
+    )
+    fired = alerts.firing_alerts(loaded.spec.monitoring, recorded.values, failed=summary.exit_code != 0)
+    for firing in fired:
+        notifier.logger.warning(f"alert [{firing.severity}] {firing.condition} (value {firing.value:g})")
+    channels = list(loaded.spec.notifications.channels) if loaded.spec.notifications else []
+    alerts.send_alerts(
+        fired, channels, summary.workflow, summary.environment, summary.workflow_id, notifier.logger.warning
+    )
