@@ -180,6 +180,8 @@ def test_run_exit_codes(tmp_path):
         ["plan", "tests/fixtures/seed001/basic-deployment.yaml"],
         ["list"],
         ["run", "--dry-run", "tests/fixtures/seed001/basic-deployment.yaml"],
+        ["templates"],
+        ["create", "x", "--template", "deployment", "--output", "README.md"],  # refused: it exists
     ],
     ids=lambda a: a[0] if a[0] != "run" else "dry-run",
 )

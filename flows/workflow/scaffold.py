@@ -143,6 +143,8 @@ def generate_template(
     VALUE, or else replaces the literal VALUE in every text of the workflow (commands,
     variables, conditions...) with `{{ .KEY }}` and declares KEY with VALUE as its default.
     """
+    if any(t.builtin for t in available_templates().values() if t.name == name):
+        raise ValidationError(f"`{name}` is a built-in template — choose another name")
     where = str(path)
     loaded = parse_workflow(read_text(path), path)
     analyse(loaded)
@@ -170,6 +172,8 @@ def generate_template(
             if count == 0:
                 raise ValidationError(f"`{value}` does not occur in {where}; nothing to turn into `{key}`")
             param = {"name": key, "description": f"Was `{value}` in {path.name}", "default": value}
+            if re.fullmatch(r"-?[0-9]+", value):
+                param |= {"type": "int", "default": int(value)}
             data.setdefault("parameters", []).append(param)
             declared[key] = param
         if key not in settable:
@@ -211,6 +215,8 @@ def _replace_literal(value: Any, literal: str, replacement: str) -> tuple[Any, i
 
 def write_new(path: Path, text: str, *, force: bool) -> None:
     """Write `text` to `path`, refusing to replace an existing file unless `force`."""
+    if path.exists() and not path.is_file():
+        raise ValidationError("exists and is not a regular file — choose another --output", where=str(path))
     if path.exists() and not force:
         raise ValidationError("already exists — give --force to replace it", where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -87,8 +87,7 @@ def create(
     console = Console(verbose=verbose, quiet=quiet)
     path = output or get_settings().workflows_dir / f"{name}.yaml"
     try:
-        text = create_workflow(find_template(template), name, parse_sets(sets or []))
-        write_new(path, text, force=force)
+        write_new(path, create_workflow(find_template(template), name, parse_sets(sets or [])), force=force)
     except OpsflowError as err:
         return _fail(console, err)
     console.info(f"created {path} from template `{template}`; check it with `opsflow plan {path}`")
@@ -115,15 +114,11 @@ def generate(
     quiet: Quiet = False,
 ) -> int:
     """Turn a workflow into a template (default OPSFLOW_TEMPLATES_DIR/NAME.yaml)."""
-    from flows.errors import ValidationError
-    from flows.workflow.scaffold import available_templates, generate_template, user_templates_dir, write_new
+    from flows.workflow.scaffold import generate_template, user_templates_dir, write_new
 
     console = Console(verbose=verbose, quiet=quiet)
     path = output or user_templates_dir() / f"{name}.yaml"
     try:
-        builtin = {t.name for t in available_templates().values() if t.builtin}
-        if name in builtin:
-            raise ValidationError(f"`{name}` is a built-in template — choose another name")
         text, settable = generate_template(source, name, params or [], description)
         write_new(path, text, force=force)
     except OpsflowError as err:
