@@ -38,7 +38,7 @@ from flows.workflow.alerts import parse_condition
 from flows.workflow.graph import Graph
 from flows.workflow.load import LoadedWorkflow
 from flows.workflow.report import RunSummary
-from flows.workflow.spec import StepMetrics
+from flows.workflow.spec import CustomMetric, StepMetrics, Workflow
 
 BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, math.inf)
 PREFIX = "opsflow_workflow_"
@@ -106,19 +106,14 @@ def check_metrics(loaded: LoadedWorkflow, graph: Graph) -> None:
                     f"unknown metrics collector `{collector}` — use {', '.join(sorted(COLLECTORS))}",
                     where=loaded.where(("metrics", "collectors", i)),
                 )
-        for i, custom in enumerate(spec.metrics.custom_metrics):
-            if custom.name not in NAMED:
-                raise ValidationError(
-                    f"metric `{custom.name}` is not one opsflow computes — use one of {known}",
-                    where=loaded.where(("metrics", "custom_metrics", i, "name")),
-                )
+    names = [(m.name, ("metrics", "custom_metrics", i, "name")) for i, m in enumerate(_custom(spec))]
+    names += [(n, ("monitoring", "metrics", i)) for i, n in enumerate(_monitored(spec))]
+    for name, loc in names:
+        if name not in NAMED:
+            raise ValidationError(
+                f"metric `{name}` is not one opsflow computes — use one of {known}", where=loaded.where(loc)
+            )
     if spec.monitoring:
-        for i, name in enumerate(spec.monitoring.metrics):
-            if name not in NAMED:
-                raise ValidationError(
-                    f"metric `{name}` is not one opsflow computes — use one of {known}",
-                    where=loaded.where(("monitoring", "metrics", i)),
-                )
         for i, alert in enumerate(spec.monitoring.alerts):
             where = loaded.where(("monitoring", "alerts", i, "condition"))
             try:
@@ -153,9 +148,20 @@ def check_metrics(loaded: LoadedWorkflow, graph: Graph) -> None:
                 )
 
 
+def _custom(spec: Workflow) -> list[CustomMetric]:
+    return list(spec.metrics.custom_metrics) if spec.metrics else []
+
+
+def _monitored(spec: Workflow) -> list[str]:
+    return list(spec.monitoring.metrics) if spec.monitoring else []
+
+
 def enabled(loaded: LoadedWorkflow, graph: Graph) -> bool:
-    """Whether the workflow asks for metrics or alerts at all."""
+    """Whether the workflow asks for metrics or alerts at all (`metrics.enabled: false` turns
+    everything off but what `monitoring` asks for)."""
     spec = loaded.spec
+    if spec.metrics and not spec.metrics.enabled:
+        return bool(spec.monitoring)
     return bool(
         (spec.metrics and spec.metrics.enabled)
         or spec.monitoring
@@ -170,11 +176,9 @@ def tracked_steps(graph: Graph) -> dict[str, StepMetrics]:
 def declared(loaded: LoadedWorkflow) -> dict[str, str]:
     """Named metric -> Prometheus type, from `metrics.custom_metrics` and `monitoring.metrics`."""
     spec = loaded.spec
-    types: dict[str, str] = {}
-    if spec.monitoring:
-        types |= {name: NAMED[name].default_type for name in spec.monitoring.metrics}
+    types = {name: NAMED[name].default_type for name in _monitored(spec)}
     if spec.metrics and spec.metrics.enabled:
-        types |= {m.name: m.type for m in spec.metrics.custom_metrics}
+        types |= {m.name: m.type for m in _custom(spec)}
     return types
 
 
@@ -353,7 +357,8 @@ def record_run(
         previous = None
         with contextlib.suppress(FileNotFoundError, ValueError):
             previous = json.loads(json_path.read_text())
-        state = update_state(previous, summary, declared(loaded), tracked_steps(graph))
+        off = loaded.spec.metrics is not None and not loaded.spec.metrics.enabled
+        state = update_state(previous, summary, declared(loaded), {} if off else tracked_steps(graph))
         temporary = json_path.with_name(f".{json_path.name}.{os.getpid()}")
         temporary.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, json_path)
