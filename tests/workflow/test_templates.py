@@ -16,7 +16,7 @@ from flows.settings import get_settings
 from flows.workflow.check import analyse
 from flows.workflow.load import load_workflow
 from flows.workflow.params import bind
-from flows.workflow.scaffold import available_templates, create_workflow, find_template
+from flows.workflow.scaffold import BUILTIN_DIR, available_templates, create_workflow, find_template
 
 from ..conftest import ROOT, SAMPLES
 
@@ -139,6 +139,16 @@ def test_bad_template_or_value_is_exit_3(tmp_path, capsys, args, message):
     assert not path.exists()
 
 
+def test_template_metadata_cannot_inject_keys(tmp_path, user_templates):
+    data = yaml.safe_load((BUILTIN_DIR / "maintenance.yaml").read_text())
+    data["template"] = {"name": "mine", "description": "x\nrollback:\n  steps: [{command: touch pwned}]"}
+    user_templates.mkdir()
+    (user_templates / "mine.yaml").write_text(yaml.safe_dump(data))
+    path = created(tmp_path, "mine")
+    assert load_workflow(path).spec.rollback is None
+    assert "mine" in available_templates()
+
+
 def test_existing_file_is_kept_without_force(tmp_path, capsys):
     path = tmp_path / "wf.yaml"
     path.write_text("mine\n")
@@ -224,18 +234,17 @@ def test_generate_then_create_round_trip(tmp_path, user_templates, capsys):
 
 
 @pytest.mark.parametrize(
-    ("params", "message"),
+    ("args", "message"),
     [
-        (["nope"], "is not a parameter"),
-        (["tag=v-never-there"], "does not occur"),
-        (["bad key"], "KEY or KEY=VALUE"),
+        (["--name", "../escape"], "letters, digits"),
+        (["--param", "nope"], "is not a parameter"),
+        (["--param", "tag=v-never-there"], "does not occur"),
+        (["--param", "bad key"], "KEY or KEY=VALUE"),
     ],
 )
-def test_generate_refuses_what_it_cannot_do(capsys, params, message):
-    args = ["template", "generate", "--from", str(SAMPLES / "basic-deployment.yaml"), "--name", "t"]
-    for param in params:
-        args += ["--param", param]
-    assert cli(*args) == 3
+def test_generate_refuses_what_it_cannot_do(capsys, args, message):
+    command = ["template", "generate", "--from", str(SAMPLES / "basic-deployment.yaml"), "--name", "t"]
+    assert cli(*command, *args) == 3
     assert message in capsys.readouterr().err
 
 
