@@ -55,6 +55,10 @@ from flows.backfill import backfill  # noqa: E402 - kept beside its registration
 
 app.command()(backfill)
 app.command()(approve)
+from flows.workflow.history import cleanup, history, resume, show  # noqa: E402
+
+for _command in (history, show, cleanup, resume):
+    app.command()(_command)
 
 WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_default=False)]
 Env = Annotated[
@@ -181,6 +185,13 @@ def run(
         typer.Option("--continue-on-error", help="Keep running steps that do not depend on a failed one."),
     ] = False,
     timeout: Annotated[str | None, typer.Option(help="Whole-run timeout, e.g. 300, 30s, 5m, 1h.")] = None,
+    save_state: Annotated[
+        bool,
+        typer.Option(
+            "--save-state/--no-save-state",
+            help="Record the run and its steps (history, resume); on by default.",
+        ),
+    ] = True,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -228,6 +239,7 @@ def run(
         timeout=timeout,
         default_environment=settings.environment,
         json_output=json_output,
+        save_state=save_state,
     )
 
 

@@ -33,6 +33,7 @@ from flows.errors import ConnectionFailure, OpsflowError, PermissionFailure, Val
 # Imported for its side effect: the record tables must be in SQLModel.metadata before create_all.
 from flows.records import models as _models  # noqa: F401
 from flows.records import procedures as _procedures  # noqa: F401
+from flows.records import workflows as _workflows  # noqa: F401
 
 #: Key of the PostgreSQL advisory lock that serialises table creation across processes.
 SCHEMA_LOCK_KEY = zlib.crc32(b"opsflow.records.create_all")

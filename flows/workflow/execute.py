@@ -26,6 +26,7 @@ from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.notifications import RunNotifier
 from flows.workflow.report import RunSummary, StepOutcome, notify
 from flows.workflow.spec import Step
+from flows.workflow.state import Recorder
 from flows.workflow.tasks import CommandFailed, mark_skipped, retry_unless_final, run_hook_chain, run_step
 
 TIMEOUT_REASON = "not started: the workflow's --timeout ran out"
@@ -66,6 +67,7 @@ class WorkflowRun:
         self.notifier = RunNotifier(
             loaded.spec.notifications, loaded.spec.name, summary.environment, summary.workflow_id, self.logger
         )
+        self.recorder = Recorder(summary.workflow_id, self.logger, enabled=False)  # run.py sets the real one
 
     # -- one step --------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -122,6 +124,7 @@ class WorkflowRun:
             )
         else:
             outcome = StepOutcome(step_id, "Failed", section, 1, 0.0, None, str(value)[:300])
+        self.recorder.settled(outcome, self, value)
         return self.summary.add(outcome)
 
     def capture(self, step: Step, state: State, outcome: StepOutcome) -> None:

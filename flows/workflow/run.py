@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.errors import DependencyError, OpsflowError, StepFailure
 from flows.workflow import plan as planning
+from flows.workflow import state as workflow_state
 from flows.workflow.check import analyse
 from flows.workflow.dispatch import Dispatcher
 from flows.workflow.execute import TIMEOUT_REASON, WorkflowRun
@@ -63,11 +64,15 @@ def run_workflow(
     timeout: str | None = None,
     default_environment: str = "development",
     logical_date: str | None = None,
+    save_state: bool = True,
+    resume_from: str | None = None,
 ) -> State:
     """Run the YAML workflow at `path`: one task run per step, summary as a table artifact.
 
     `logical_date` (`{{ .logical_date }}`): the moment the run stands for, as an ISO datetime;
     `opsflow backfill` passes the cron tick, other runs get their scheduled start time.
+    `save_state`: record the run and its steps (history, `resume`); `resume_from`: the id of an
+    earlier run of the same file whose completed steps are restored instead of run again.
     """
     start = current_flow_run.scheduled_start_time  # a run made by the scheduler: its cron tick
     logical_date = logical_date or (start.isoformat(timespec="seconds") if start else None)
@@ -82,10 +87,13 @@ def run_workflow(
                 timeout,
                 default_environment,
                 logical_date,
+                save_state,
+                resume_from,
             )
     except OpsflowError as err:
         # Bad input or an unmet prerequisite: one line in the run's log, not a traceback.
         get_run_logger().error(str(err))
+        workflow_state.abandon(str(current_flow_run.id), err)
         return Failed(message=str(err), data=err)
 
 
@@ -98,6 +106,8 @@ def _run(
     timeout: str | None,
     default_environment: str,
     logical_date: str | None,
+    save_state: bool = True,
+    resume_from: str | None = None,
 ) -> State:
     logger = get_run_logger()
     loaded = load_workflow(path)
@@ -114,6 +124,17 @@ def _run(
     )
     for warning in [*analysis.warnings, *bound.warnings]:
         logger.warning(warning)
+    recorder = workflow_state.Recorder.start(
+        workflow_id,
+        workflow=loaded.spec.name,
+        path=path,
+        environment=str(bound.context["environment"]),
+        parameters=parameters or {},
+        options={"parallel": parallel, "continue_on_error": continue_on_error, "timeout": timeout},
+        resumed_from=resume_from,
+        logger=logger,
+        enabled=save_state,
+    )
     unenforced = planning.unenforced_workflow_fields(loaded.spec) + [
         f"{n.id}: {key}" for n in graph.nodes.values() for key in planning.unenforced_step_fields(n.step)
     ]
@@ -128,6 +149,7 @@ def _run(
     run = WorkflowRun(
         loaded, graph, bound.context, summary, deadline, _command_env(bound.context, bound.parameters)
     )
+    run.recorder = recorder
 
     unmet = _unmet_prerequisite(run)
     if unmet:
@@ -139,6 +161,8 @@ def _run(
         limit=planning.effective_parallel(loaded.spec, parallel),
         fail_fast=strategy != "continue_on_error",
     )
+    if resume_from:
+        workflow_state.restore(run, dispatcher, resume_from)
     run.run_steps(dispatcher)
     failed = [s for s in summary.steps if s.failed and s.section == "steps"]
     if failed or run.timed_out:
@@ -206,6 +230,7 @@ def _finish(
         summary.message = "; ".join(parts)
     else:
         summary.state, summary.exit_code = "Completed", 0
+    workflow_state.finish(summary)
     create_table_artifact(
         table=summary.rows() or [{"step": "-", "state": "no steps"}],
         key=_artifact_key(summary.workflow),

@@ -1,0 +1,248 @@
+"""`history`, `show ID`, `cleanup` and `resume ID`: the recorded runs of workflow files.
+
+Every `run` is recorded (`flows.workflow.state`); these commands read the records database
+only, except `resume`, which starts a new flow run that restores the original's completed
+steps instead of running them again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli_options import Json, Quiet, Verbose
+from flows.console import Console
+from flows.errors import EXIT_OK, OpsflowError, ValidationError
+from flows.workflow.units import format_duration
+
+RunId = Annotated[str, typer.Argument(help="Run id (or a unique prefix of it), as `history` shows.")]
+
+
+def _fail(console: Console, err: OpsflowError) -> int:
+    console.error(str(err))
+    return err.exit_code
+
+
+def _row(run: Any) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "workflow": run.workflow,
+        "environment": run.environment,
+        "state": run.state,
+        "started_at": run.started_at.isoformat(timespec="seconds"),
+        "ended_at": run.ended_at.isoformat(timespec="seconds") if run.ended_at else None,
+        "duration": run.duration,
+        "exit_code": run.exit_code,
+        "resumed_from": run.resumed_from,
+        "path": run.path,
+        "checksum": run.checksum,
+        "parameters": run.parameter_dict(),
+        "message": run.message,
+    }
+
+
+def _find(db: Any, run_id: str) -> Any:
+    from flows.records.workflows import get_run
+
+    run = get_run(db, run_id)
+    if run is None:
+        raise ValidationError(f"no recorded workflow run `{run_id}` — see `opsflow history`")
+    return run
+
+
+def history(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Most runs to list.", min=1)] = 20,
+    workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Only this workflow.")] = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """List recorded workflow runs, newest first."""
+    from flows.records.db import session
+    from flows.records.workflows import list_runs
+
+    console = Console(verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            runs = [_row(r) for r in list_runs(db, workflow=workflow, limit=limit)]
+    except OpsflowError as err:
+        return _fail(console, err)
+    if json_output:
+        console.json(runs)
+        return EXIT_OK
+    for r in runs:
+        took = format_duration(r["duration"]) if r["duration"] is not None else "-"
+        code = "-" if r["exit_code"] is None else r["exit_code"]
+        resumed = f"  (resumes {r['resumed_from']})" if r["resumed_from"] else ""
+        console.out(
+            f"{r['id']}  {r['started_at']}  {r['workflow']:<20} {r['environment']:<12} "
+            f"{r['state']:<9} {took:>8}  exit {code}{resumed}"
+        )
+    if not runs:
+        console.out("no recorded workflow runs")
+    return EXIT_OK
+
+
+def show(run_id: RunId, json_output: Json = False, verbose: Verbose = False, quiet: Quiet = False) -> int:
+    """One recorded run: its header and a table of its steps."""
+    from flows.records.db import session
+    from flows.records.workflows import run_steps
+    from flows.workflow.report import RunSummary, StepOutcome
+    from flows.workflow.show import summary_table
+
+    console = Console(verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            run = _find(db, run_id)
+            steps = run_steps(db, run.id)
+    except OpsflowError as err:
+        return _fail(console, err)
+    outcomes = [
+        StepOutcome(s.step, s.state, s.section, s.attempts, s.duration, s.exit_code, s.reason or "")
+        for s in steps
+    ]
+    if json_output:
+        rows = [{**vars(o), "output": s.output} for o, s in zip(outcomes, steps, strict=True)]
+        console.json(_row(run) | {"steps": rows})
+        return EXIT_OK
+    summary = RunSummary(run.workflow, run.environment, run.id, state=run.state, message=run.message or "")
+    summary.steps = outcomes
+    summary.started = run.started_at.timestamp()
+    summary.finished = run.ended_at.timestamp() if run.ended_at else summary.started
+    console.out(f"run {run.id}  {run.path}  sha256 {run.checksum[:12]}")
+    console.out(f"started {run.started_at.isoformat(timespec='seconds')}  parameters {run.parameter_dict()}")
+    if run.resumed_from:
+        console.out(f"resumes {run.resumed_from}")
+    if run.state == "running":
+        console.out("not finished: still running, or killed (`opsflow resume` continues it)")
+    console.out(summary_table(summary))
+    return EXIT_OK
+
+
+def cleanup(
+    older_than: Annotated[str, typer.Option("--older-than", help="Age, e.g. 30d, 12h.")] = "30d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would go; delete nothing.")] = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Delete recorded workflow runs (and their steps) started longer ago than --older-than."""
+    from flows.records.db import session
+    from flows.records.models import utcnow
+    from flows.records.workflows import delete_runs, runs_older_than
+    from flows.workflow.units import parse_duration
+
+    console = Console(verbose=verbose, quiet=quiet)
+    try:
+        try:
+            age = parse_duration(older_than)
+        except ValueError as exc:
+            raise ValidationError(f"--older-than: {exc}") from None
+        with session() as db:
+            old = runs_older_than(db, utcnow() - timedelta(seconds=age))
+            ids = [r.id for r in old]
+            steps = 0 if dry_run else delete_runs(db, ids)
+    except OpsflowError as err:
+        return _fail(console, err)
+    result = {"dry_run": dry_run, "older_than": older_than, "runs": ids, "steps_deleted": steps}
+    if json_output:
+        console.json(result)
+        return EXIT_OK
+    verb = "would delete" if dry_run else "deleted"
+    for r in old:
+        console.out(f"{verb} {r.id}  {r.started_at.isoformat(timespec='seconds')}  {r.workflow}  {r.state}")
+    extra = "" if dry_run else f" and {steps} step record(s)"
+    console.out(f"{verb} {len(ids)} run(s){extra} older than {older_than}")
+    return EXIT_OK
+
+
+def resume_arguments(run: Any, *, force: bool, sets: dict[str, Any]) -> dict[str, Any]:
+    """The flow's arguments to resume `run`, or a `ValidationError` saying why it cannot be."""
+    from flows.workflow.state import file_checksum, masked_parameters
+
+    if run.state == "completed":
+        raise ValidationError(f"run {run.id} completed: nothing to resume")
+    if run.state == "running" and run.host == socket.gethostname() and _alive(run.pid):
+        raise ValidationError(f"run {run.id} is still running (process {run.pid}) — wait for it or stop it")
+    path = Path(run.path)
+    if not path.is_file():
+        raise ValidationError(f"run {run.id}: its workflow file {path} is gone")
+    if file_checksum(path) != run.checksum and not force:
+        raise ValidationError(
+            f"{path} changed since run {run.id} — completed steps may no longer match; "
+            "pass --force to resume anyway"
+        )
+    parameters = run.parameter_dict()
+    missing = [name for name in masked_parameters(parameters) if name not in sets]
+    if missing:
+        raise ValidationError(
+            f"run {run.id} had secret parameters that were not recorded: {', '.join(missing)} — "
+            "pass them again with --set NAME=VALUE"
+        )
+    options = run.option_dict()
+    return {
+        "path": str(path),
+        "parameters": parameters | sets,
+        "environment": run.environment,
+        "parallel": options.get("parallel"),
+        "continue_on_error": bool(options.get("continue_on_error")),
+        "timeout": options.get("timeout"),
+        "resume_from": run.id,
+    }
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resume(
+    run_id: RunId,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even though the workflow file changed since.")
+    ] = False,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Secret parameters the record masked.")
+    ] = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> int:
+    """Re-run a failed or killed workflow run from where it stopped (a new flow run)."""
+    from flows.records.db import session
+    from flows.settings import get_settings
+    from flows.workflow.params import parse_sets
+
+    console = Console(verbose=verbose, quiet=quiet)
+    try:
+        with session() as db:
+            run = _find(db, run_id)
+        arguments = resume_arguments(run, force=force, sets=parse_sets(sets or []))
+        settings = get_settings()
+        from flows.local_server import ensure_api
+
+        ensure_api(settings.server, settings.server_port, console.info)
+    except OpsflowError as err:
+        return _fail(console, err)
+    console.name = run.workflow
+    console.info(f"resuming run {run.id} of {run.path}")
+    from flows.batch import _configure_prefect_logging
+
+    _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from flows.workflow.terminal import run_and_summarise
+
+    return run_and_summarise(
+        console, json_output=json_output, default_environment=settings.environment, **arguments
+    )

@@ -1,0 +1,190 @@
+"""Saved state of workflow runs: the run's record as it goes, and what `resume` restores.
+
+The flow writes its `workflow_run` row when it starts and a `workflow_step` row as each step
+settles (`Recorder`), so a killed run keeps what it finished. `restore` puts a resumed run's
+completed steps back: settled in the dispatcher, their captured outputs in the template
+context, shown as `Restored` in the summary. A records database that cannot be reached costs
+the run its history (one warning), never the run itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from flows.errors import OpsflowError
+from flows.maintenance.record import safe_parameters
+from flows.workflow.dispatch import Outcome
+from flows.workflow.report import RunSummary, StepOutcome
+
+if TYPE_CHECKING:
+    from flows.workflow.dispatch import Dispatcher
+    from flows.workflow.execute import WorkflowRun
+
+#: Captured output kept per step; longer output is cut (and then not restorable as is).
+OUTPUT_CAP = 64 * 1024
+MASKED = "**********"
+
+_active: dict[str, Recorder] = {}  # by flow run id, so `_finish` can close the run's record
+_active_lock = threading.Lock()
+
+
+def file_checksum(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def masked_parameters(parameters: dict[str, Any]) -> list[str]:
+    """Names of recorded parameters whose values were masked as secrets (not restorable)."""
+    return sorted(name for name, value in parameters.items() if value == MASKED)
+
+
+class Recorder:
+    """Writes one run's rows; does nothing when saving state is off or the database failed."""
+
+    def __init__(self, run_id: str, logger: Any, enabled: bool = True) -> None:
+        self.run_id, self.logger, self.enabled = run_id, logger, enabled
+        self.recorded: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
+
+    @classmethod
+    def start(
+        cls,
+        run_id: str,
+        *,
+        workflow: str,
+        path: str,
+        environment: str,
+        parameters: dict[str, Any],
+        options: dict[str, Any],
+        resumed_from: str | None,
+        logger: Any,
+        enabled: bool = True,
+    ) -> Recorder:
+        from flows.records.models import to_json
+        from flows.records.workflows import WorkflowRunRecord, start_run
+
+        recorder = cls(run_id, logger, enabled)
+        row = WorkflowRunRecord(
+            id=run_id,
+            workflow=workflow,
+            path=str(Path(path).resolve()),
+            checksum=file_checksum(path),
+            environment=environment,
+            parameters=to_json(safe_parameters(parameters)),
+            options=to_json(options),
+            resumed_from=resumed_from,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        recorder.write(lambda db: start_run(db, row))
+        with _active_lock:
+            _active[run_id] = recorder
+        return recorder
+
+    def write(self, change: Any) -> None:
+        if not self.enabled:
+            return
+        from flows.records.db import session
+
+        try:
+            with self.lock, session() as db:
+                change(db)
+        except (OpsflowError, SQLAlchemyError) as exc:
+            self.enabled = False
+            self.logger.warning(f"run history not saved (resume will not be possible): {exc}")
+
+    def settled(
+        self,
+        outcome: StepOutcome,
+        run: WorkflowRun | None = None,
+        value: Any = None,
+        saved: tuple[str | None, str | None] = (None, None),
+    ) -> None:
+        """Record a step as it settles; a completed main step keeps its captured output
+        (`saved`: the output a restored step had, so the new run can be resumed in turn)."""
+        from flows.records.workflows import WorkflowStepRecord, add_step
+
+        name, output = saved
+        node = run.graph.nodes.get(outcome.step) if run is not None and outcome.section == "steps" else None
+        if node is not None and node.step.capture_output is not None:
+            name = node.step.capture_output
+            if outcome.state == "Completed" and isinstance(value, dict):
+                output = str(value.get("stdout", "")).strip()[:OUTPUT_CAP]
+        self.recorded.add((outcome.step, outcome.section))
+        row = WorkflowStepRecord(
+            run_id=self.run_id,
+            step=outcome.step,
+            section=outcome.section,
+            state=outcome.state,
+            attempts=outcome.attempts,
+            duration=outcome.duration,
+            exit_code=outcome.exit_code,
+            reason=outcome.reason or None,
+            output_name=name,
+            output=output,
+        )
+        self.write(lambda db: add_step(db, row))
+
+    def finish(self, summary: RunSummary) -> None:
+        """Record the steps that settled without running (skipped, not run), then the outcome."""
+        from flows.records.workflows import finish_run
+
+        for outcome in summary.steps:
+            if (outcome.step, outcome.section) not in self.recorded:
+                self.settled(outcome)
+        self.write(
+            lambda db: finish_run(db, self.run_id, exit_code=summary.exit_code, message=summary.message)
+        )
+
+
+def finish(summary: RunSummary) -> None:
+    """Close the record of the run this summary belongs to (if it is being recorded)."""
+    with _active_lock:
+        recorder = _active.pop(summary.workflow_id, None)
+    if recorder is not None:
+        recorder.finish(summary)
+
+
+def abandon(run_id: str, err: OpsflowError) -> None:
+    """Close the record of a run that ended on an error before it had a summary."""
+    with _active_lock:
+        recorder = _active.pop(run_id, None)
+    if recorder is not None:
+        from flows.records.workflows import finish_run
+
+        recorder.write(lambda db: finish_run(db, run_id, exit_code=err.exit_code, message=str(err)))
+
+
+def restore(run: WorkflowRun, dispatcher: Dispatcher, original_id: str) -> list[str]:
+    """Settle the steps `original_id` completed as restored, with their outputs; returns them."""
+    from flows.records.db import session
+    from flows.records.workflows import done_steps
+
+    with session() as db:
+        rows = done_steps(db, original_id)
+    restored = []
+    for row in rows:
+        if row.step not in run.graph.nodes or row.step not in dispatcher.pending:
+            continue  # a step of the old file (--force) or already settled
+        if row.output_name is not None and row.output is not None:
+            run.context["outputs"][row.output_name] = row.output
+        dispatcher.finish(row.step, Outcome.COMPLETED)
+        run.completion_order.append(row.step)
+        outcome = run.summary.add(
+            StepOutcome(row.step, "Restored", exit_code=row.exit_code, reason=f"completed in {original_id}")
+        )
+        run.recorder.settled(outcome, saved=(row.output_name, row.output))
+        restored.append(row.step)
+    # A group all of whose steps were restored ran its hooks in the original run.
+    for group, node in run.graph.nodes.items():
+        if node.is_group and all(leaf in restored for leaf in run.graph.leaves_under(group)):
+            run.groups_done.add(group)
+    if restored:
+        run.logger.info(f"resuming {original_id}: restored {len(restored)} completed step(s)")
+    return restored
