@@ -58,8 +58,10 @@ class WorkflowTemplate:
 def read_template(path: Path, *, builtin: bool = False) -> WorkflowTemplate:
     """A template file: its `template` block and the workflow around it, which must validate."""
     where = str(path)
+    text = read_text(path)
     try:
-        data = yaml.safe_load(read_text(path))
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise ValidationError(f"malformed YAML: {exc}", where=where) from None
     meta = data.pop("template", None) if isinstance(data, dict) else None
@@ -74,9 +76,12 @@ def read_template(path: Path, *, builtin: bool = False) -> WorkflowTemplate:
             f"unknown key `template.{sorted(unknown)[0]}` — allowed: {', '.join(sorted(META_KEYS))}",
             where=where,
         )
-    check_workflow(data, where)
+    # Validated in place, the `template:` lines blanked, so errors carry the template file's lines.
+    analyse(parse_workflow(_blank_key(text, node, "template"), path))
     declared = [p["name"] for p in data.get("parameters") or []]
     settable = meta.get("parameters") or declared
+    if not isinstance(settable, list) or not all(isinstance(s, str) for s in settable):
+        raise ValidationError("`template.parameters` must be a list of parameter names", where=where)
     missing = [name for name in settable if name not in declared]
     if missing:
         raise ValidationError(
@@ -92,20 +97,41 @@ def read_template(path: Path, *, builtin: bool = False) -> WorkflowTemplate:
     )
 
 
+def _blank_key(text: str, node: yaml.Node, key: str) -> str:
+    """`text` with the lines of top-level `key` and its value left empty."""
+    lines = text.split("\n")
+    for key_node, value_node in node.value:
+        if key_node.value == key:
+            end = value_node.end_mark
+            last = end.line - 1 if end.column == 0 else end.line
+            for i in range(key_node.start_mark.line, last + 1):
+                lines[i] = ""
+    return "\n".join(lines)
+
+
 def user_templates_dir() -> Path:
     from flows.settings import get_settings
 
     return get_settings().templates_dir
 
 
-def available_templates() -> dict[str, WorkflowTemplate]:
-    """Built-in templates, then the user's; a user template cannot shadow a built-in one."""
+def available_templates(problems: list[str] | None = None) -> dict[str, WorkflowTemplate]:
+    """Built-in templates, then the user's; a user template cannot shadow a built-in one.
+
+    A user template that does not load is left out and its error appended to `problems`.
+    """
     found: dict[str, WorkflowTemplate] = {}
     for folder, builtin in ((BUILTIN_DIR, True), (user_templates_dir(), False)):
         if not folder.is_dir():
             continue
         for file in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-            template = read_template(file, builtin=builtin)
+            try:
+                template = read_template(file, builtin=builtin)
+            except ValidationError as err:
+                if builtin or problems is None:
+                    raise
+                problems.append(str(err))
+                continue
             found.setdefault(template.name, template)
     return found
 
@@ -114,9 +140,13 @@ def find_template(name: str) -> WorkflowTemplate:
     """A template by name, or by the path of a template file."""
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         return read_template(Path(name))
-    templates = available_templates()
+    problems: list[str] = []
+    templates = available_templates(problems)
     if name not in templates:
-        raise ValidationError(f"unknown template `{name}` — templates: {', '.join(sorted(templates))}")
+        broken = f" (left out, not loading: {'; '.join(problems)})" if problems else ""
+        raise ValidationError(
+            f"unknown template `{name}` — templates: {', '.join(sorted(templates))}{broken}"
+        )
     return templates[name]
 
 
@@ -154,7 +184,7 @@ def generate_template(
     """
     if not NAME.fullmatch(name):
         raise ValidationError(f"template name `{name}`: use letters, digits, `_`, `.` and `-` only")
-    if any(t.builtin for t in available_templates().values() if t.name == name):
+    if any(t.builtin for t in available_templates([]).values() if t.name == name):
         raise ValidationError(f"`{name}` is a built-in template — choose another name")
     where = str(path)
     loaded = parse_workflow(read_text(path), path)

@@ -31,10 +31,13 @@ def templates(json_output: Json = False, verbose: Verbose = False, quiet: Quiet 
     from flows.workflow.scaffold import available_templates
 
     console = Console(verbose=verbose, quiet=quiet)
+    problems: list[str] = []
     try:
-        found = available_templates()
+        found = available_templates(problems)
     except OpsflowError as err:
         return _fail(console, err)
+    for problem in problems:
+        console.warning(f"{problem} — left out")
     entries = [
         {
             "name": t.name,

@@ -149,6 +149,17 @@ def test_template_metadata_cannot_inject_keys(tmp_path, user_templates):
     assert "mine" in available_templates()
 
 
+def test_a_broken_user_template_is_reported_not_fatal(tmp_path, user_templates, capsys):
+    user_templates.mkdir()
+    broken = user_templates / "broken.yaml"
+    broken.write_text("template:\n  name: broken\n\nname: b\nsteps:\n  - comand: x\n")
+    assert cli("templates") == 0
+    captured = capsys.readouterr()
+    assert "deployment" in captured.out and f"{broken}:6: unknown key `comand`" in captured.err
+    assert cli("create", "x", "-t", "broken", "-o", str(tmp_path / "x.yaml")) == 3
+    assert "left out, not loading" in capsys.readouterr().err
+
+
 def test_existing_file_is_kept_without_force(tmp_path, capsys):
     path = tmp_path / "wf.yaml"
     path.write_text("mine\n")
