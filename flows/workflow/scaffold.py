@@ -290,4 +290,11 @@ _Dumper.add_representer(str, _str)
 
 
 def dump_yaml(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    """YAML text of `data`; a blank line before each top-level list or mapping, for reading."""
+    if not isinstance(data, dict):
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    parts = []
+    for key, value in data.items():
+        text = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+        parts.append(("\n" if parts and isinstance(value, list | dict) else "") + text)
+    return "".join(parts)
