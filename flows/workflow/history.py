@@ -7,6 +7,7 @@ steps instead of running them again.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import timedelta
@@ -115,7 +116,9 @@ def show(run_id: RunId, json_output: Json = False, verbose: Verbose = False, qui
     summary.started = run.started_at.timestamp()
     summary.finished = run.ended_at.timestamp() if run.ended_at else summary.started
     console.out(f"run {run.id}  {run.path}  sha256 {run.checksum[:12]}")
-    console.out(f"started {run.started_at.isoformat(timespec='seconds')}  parameters {run.parameter_dict()}")
+    console.out(
+        f"started {run.started_at.isoformat(timespec='seconds')}  parameters {json.dumps(run.parameter_dict())}"
+    )
     if run.resumed_from:
         console.out(f"resumes {run.resumed_from}")
     if run.state == "running":

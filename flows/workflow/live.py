@@ -22,6 +22,7 @@ ICONS = {
     "Pending": ("·", "dim"),
     "Running": ("▶", "cyan"),
     "Completed": ("✓", "green"),
+    "Restored": ("↺", "green"),  # completed in the run that `resume` continues
     "Skipped": ("↷", "yellow"),
     "Failed": ("✗", "red"),
     "TimedOut": ("⧗", "red"),

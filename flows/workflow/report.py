@@ -26,7 +26,7 @@ def notify(event: str, step_id: str, outcome: StepOutcome | None = None) -> None
 @dataclass
 class StepOutcome:
     step: str
-    state: str  # Completed | Failed | Skipped | NotRun | TimedOut
+    state: str  # Completed | Failed | Skipped | NotRun | TimedOut | Restored (resume)
     section: str = "steps"  # steps | prerequisites | a hook section
     attempts: int = 0
     duration: float = 0.0
