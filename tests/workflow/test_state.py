@@ -191,6 +191,10 @@ def test_failed_run_resumes_and_history_show_cleanup(sqlite_records, write_workf
     assert "deleted 2 run(s)" in capsys.readouterr().out
     assert cli("history", "--json") == 0
     assert json.loads(capsys.readouterr().out) == []
+    assert cli("run", str(path), "--no-save-state", "-q") == 0  # opted out: nothing recorded
+    capsys.readouterr()
+    assert cli("history", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 @pytest.mark.usefixtures("prefect_api")
