@@ -26,6 +26,7 @@ from flows.maintenance.cli_cache import cache_app
 from flows.release.cli import release_app
 from flows.schedule import schedule_app
 from flows.trigger import trigger
+from flows.workflow.breakers_cli import breakers_app
 from flows.workflow.templates_cli import create, template_app, templates
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.add_typer(health_app, name="health")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(release_app, name="release")
 app.add_typer(template_app, name="template")
+app.add_typer(breakers_app, name="breakers")
 app.command()(templates)
 app.command()(create)
 app.command()(trigger)

@@ -31,6 +31,7 @@ from sqlmodel import Session, SQLModel
 from flows.errors import ConnectionFailure, OpsflowError, PermissionFailure, ValidationError
 
 # Imported for its side effect: the record tables must be in SQLModel.metadata before create_all.
+from flows.records import breakers as _breakers  # noqa: F401
 from flows.records import models as _models  # noqa: F401
 from flows.records import procedures as _procedures  # noqa: F401
 from flows.records import workflows as _workflows  # noqa: F401

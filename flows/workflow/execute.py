@@ -12,6 +12,7 @@ import copy
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import get_run_logger
@@ -19,6 +20,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import State
 
 from flows.errors import OpsflowError
+from flows.workflow import breaker
 from flows.workflow import plan as planning
 from flows.workflow.dispatch import Dispatcher, Outcome
 from flows.workflow.graph import Graph, Hook, Node
@@ -183,8 +185,7 @@ class WorkflowRun:
                     if node.step.manual_approval:
                         self.awaiting_approval.append(leaf)
                         continue
-                    options, kwargs = self.prepare(leaf, node.step, node.loc, node)
-                    running[options.submit(**kwargs)] = Pending(leaf, "step")
+                    self.launch(dispatcher, running, leaf)
                 except OpsflowError as exc:  # a template error at run time fails the step, not the run
                     self.logger.error(str(exc))
                     dispatcher.finish(leaf, Outcome.FAILED, str(exc))
@@ -239,19 +240,79 @@ class WorkflowRun:
                 self.summary.add(StepOutcome(leaf, "Failed", reason=reason))
                 continue
             try:
-                options, kwargs = self.prepare(
-                    leaf, self.graph.nodes[leaf].step, self.graph.nodes[leaf].loc, self.graph.nodes[leaf]
-                )
+                self.launch(dispatcher, running, leaf)
             except OpsflowError as exc:
                 dispatcher.finish(leaf, Outcome.FAILED, str(exc))
                 self.summary.add(StepOutcome(leaf, "Failed", reason=str(exc)))
-                continue
-            running[options.submit(**kwargs)] = Pending(leaf, "step")
+
+    def launch(self, dispatcher: Dispatcher, running: dict[PrefectFuture, Pending], leaf: str) -> None:
+        """Submit the step's task, unless its circuit breaker is open: then its fallback runs."""
+        node = self.graph.nodes[leaf]
+        name = node.step.circuit_breaker
+        if name is not None:
+            allowed, state = self.breaker_change(name, lambda s: breaker.admit(s, *self.breaker_clock(name)))
+            if not allowed:
+                self.breaker_fallback(dispatcher, leaf, name, state)
+                return
+            if state.state == breaker.HALF_OPEN:
+                self.logger.warning(f"circuit breaker `{name}` is half-open: `{leaf}` runs as its trial")
+        options, kwargs = self.prepare(leaf, node.step, node.loc, node)
+        running[options.submit(**kwargs)] = Pending(leaf, "step")
+
+    # -- circuit breakers (state shared across runs in the records database) -----------------
+    def breaker_clock(self, name: str) -> tuple[datetime, timedelta]:
+        from flows.records.models import utcnow
+
+        return utcnow(), timedelta(seconds=self.loaded.spec.circuit_breakers[name].recovery_timeout)
+
+    def breaker_change(self, name: str, decide: Any) -> tuple[Any, breaker.BreakerState]:
+        from flows.records.breakers import change
+        from flows.records.db import session
+
+        with session() as db:
+            return change(db, name, decide, self.summary.workflow_id)
+
+    def breaker_report(self, leaf: str, succeeded: bool) -> None:
+        name = self.graph.nodes[leaf].step.circuit_breaker
+        if name is None:
+            return
+        threshold = self.loaded.spec.circuit_breakers[name].failure_threshold
+        now = self.breaker_clock(name)[0]
+        _, state = self.breaker_change(name, lambda s: (None, breaker.record(s, succeeded, now, threshold)))
+        if state.state == breaker.OPEN and not succeeded:
+            self.logger.warning(f"circuit breaker `{name}` is open: {state.describe()}")
+
+    def breaker_fallback(
+        self, dispatcher: Dispatcher, leaf: str, name: str, state: breaker.BreakerState
+    ) -> None:
+        """The step does not run; its `fallback_steps` do, and the breaker's `fallback` modes are
+        announced to every later command (OPSFLOW_FALLBACK_MODES)."""
+        now, recovery = self.breaker_clock(name)
+        reason = f"circuit breaker `{name}` {state.describe(recovery, now)}"
+        modes = self.loaded.spec.circuit_breakers[name].fallback
+        if modes:
+            known = [m for m in self.env.get("OPSFLOW_FALLBACK_MODES", "").split(",") if m]
+            self.env["OPSFLOW_FALLBACK_MODES"] = ",".join(dict.fromkeys([*known, *modes]))
+        hooks = self.graph.nodes[leaf].hooks.get("fallback_steps", [])
+        self.logger.warning(
+            f"`{leaf}` not run: {reason}; "
+            + (f"running its {len(hooks)} fallback step(s)" if hooks else "it has no fallback_steps")
+        )
+        outcomes = self.run_hooks(hooks, f"{leaf}.fallback_steps")
+        if hooks and not any(o.failed for o in outcomes):
+            mark_skipped.with_options(task_run_name=leaf)(leaf, f"{reason}; fallback ran")
+            dispatcher.finish(leaf, Outcome.SKIPPED, reason)
+            self.summary.add(StepOutcome(leaf, "Skipped", reason=f"{reason}; fallback ran"))
+        else:
+            why = f"{reason}; " + ("its fallback failed" if hooks else "no fallback_steps")
+            dispatcher.finish(leaf, Outcome.FAILED, why)
+            self.summary.add(StepOutcome(leaf, "Failed", reason=why))
 
     def step_done(
         self, dispatcher: Dispatcher, running: dict[PrefectFuture, Pending], leaf: str, state: State
     ) -> None:
         outcome = self.settle(leaf, state, "steps")
+        self.breaker_report(leaf, not outcome.failed)
         node = self.graph.nodes[leaf]
         if outcome.failed:
             self.logger.error(f"step `{leaf}` failed: {outcome.reason}")

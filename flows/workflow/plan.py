@@ -146,8 +146,6 @@ def unenforced_step_fields(step: Step) -> list[str]:
     """Fields parsed now whose behaviour comes with later work; never silently ignored."""
     found = []
     for key in (
-        "circuit_breaker",
-        "fallback_steps",
         "resources",
         "resource_requirements",
     ):
@@ -164,8 +162,6 @@ def unenforced_workflow_fields(spec: Workflow) -> list[str]:
             for key in ("health_checks", "log_aggregation")
             if getattr(spec.monitoring, key)
         ]
-    if spec.circuit_breakers:
-        found.append("circuit_breakers")
     if spec.resource_limits and (spec.resource_limits.memory_limit or spec.resource_limits.cpu_limit):
         found.append("resource_limits.memory_limit/cpu_limit")
     if spec.rollback and spec.rollback.conditions:

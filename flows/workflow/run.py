@@ -264,6 +264,7 @@ def _command_env(context: dict[str, Any], parameters: dict[str, Any]) -> dict[st
         env[f"OPSFLOW_PARAM_{name.upper()}"] = _as_text(value) if value is not None else ""
     return env
 
+
 def _metrics_and_alerts(
     loaded: LoadedWorkflow, graph: Graph, summary: RunSummary, notifier: RunNotifier
 ) -> None:
