@@ -106,6 +106,11 @@ def list_runs(session: Session, *, workflow: str | None = None, limit: int = 20)
     return list(session.exec(query))
 
 
+def resumed_from(session: Session, run_id: str) -> list[WorkflowRunRecord]:
+    """The runs that resumed `run_id`."""
+    return list(session.exec(select(WorkflowRunRecord).where(WorkflowRunRecord.resumed_from == run_id)))
+
+
 def run_steps(session: Session, run_id: str) -> list[WorkflowStepRecord]:
     query = select(WorkflowStepRecord).where(WorkflowStepRecord.run_id == run_id)
     return list(session.exec(query.order_by(col(WorkflowStepRecord.id))))

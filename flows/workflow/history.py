@@ -34,7 +34,7 @@ def _row(run: Any) -> dict[str, Any]:
         "id": run.id,
         "workflow": run.workflow,
         "environment": run.environment,
-        "state": run.state,
+        "state": shown_state(run),
         "started_at": run.started_at.isoformat(timespec="seconds"),
         "ended_at": run.ended_at.isoformat(timespec="seconds") if run.ended_at else None,
         "duration": run.duration,
@@ -45,6 +45,13 @@ def _row(run: Any) -> dict[str, Any]:
         "parameters": run.parameter_dict(),
         "message": run.message,
     }
+
+
+def shown_state(run: Any) -> str:
+    """A run recorded as running whose process is gone on this host was killed."""
+    if run.state == "running" and run.host == socket.gethostname() and not _alive(run.pid):
+        return "killed"
+    return run.state
 
 
 def _find(db: Any, run_id: str) -> Any:
@@ -164,12 +171,24 @@ def cleanup(
     return EXIT_OK
 
 
-def resume_arguments(run: Any, *, force: bool, sets: dict[str, Any]) -> dict[str, Any]:
-    """The flow's arguments to resume `run`, or a `ValidationError` saying why it cannot be."""
+def resume_arguments(
+    run: Any, *, force: bool, sets: dict[str, Any], resumed_as: list[Any] = ()
+) -> dict[str, Any]:
+    """The flow's arguments to resume `run`, or a `ValidationError` saying why it cannot be.
+
+    `resumed_as` are the runs already resumed from this one: resuming it again would redo what
+    they did, so the newest of them is the one to resume (unless --force).
+    """
     from flows.workflow.state import file_checksum, masked_parameters
 
     if run.state == "completed":
         raise ValidationError(f"run {run.id} completed: nothing to resume")
+    if resumed_as and not force:
+        newest = max(resumed_as, key=lambda r: r.started_at)
+        raise ValidationError(
+            f"run {run.id} was already resumed as {newest.id} ({shown_state(newest)}): "
+            f"resume that one instead (or pass --force)"
+        )
     if run.state == "running" and run.host == socket.gethostname() and _alive(run.pid):
         raise ValidationError(f"run {run.id} is still running (process {run.pid}) — wait for it or stop it")
     path = Path(run.path)
@@ -225,6 +244,7 @@ def resume(
 ) -> int:
     """Re-run a failed or killed workflow run from where it stopped (a new flow run)."""
     from flows.records.db import session
+    from flows.records.workflows import resumed_from
     from flows.settings import get_settings
     from flows.workflow.params import parse_sets
 
@@ -232,7 +252,8 @@ def resume(
     try:
         with session() as db:
             run = _find(db, run_id)
-        arguments = resume_arguments(run, force=force, sets=parse_sets(sets or []))
+            resumed_as = resumed_from(db, run.id)
+        arguments = resume_arguments(run, force=force, sets=parse_sets(sets or []), resumed_as=resumed_as)
         settings = get_settings()
         from flows.local_server import ensure_api
 

@@ -102,6 +102,9 @@ def test_resume_arguments_are_the_originals_or_a_clear_refusal(tmp_path):
     with pytest.raises(ValidationError, match="changed since.*--force"):
         resume_arguments(changed, force=False, sets={})
     assert resume_arguments(changed, force=True, sets={})["resume_from"] == "run-1"
+    later = _record(path, id="run-2", state="failed", resumed_from="run-1")
+    with pytest.raises(ValidationError, match="already resumed as run-2 .failed.: resume that one"):
+        resume_arguments(_record(path), force=False, sets={}, resumed_as=[later])
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -234,6 +237,9 @@ def test_sigkill_mid_run_then_resume(sqlite_records, write_workflow, tmp_path):
         proc.wait()
     killed = _latest()
     assert killed.state == "running" and killed.ended_at is None
+    from flows.workflow.history import shown_state
+
+    assert shown_state(killed) == "killed"  # its process is gone: `history` says so
     assert log.read_text() == "one\ntwo\n"
     gate.write_text("")
     done = subprocess.run(
@@ -256,3 +262,7 @@ def test_sigkill_mid_run_then_resume(sqlite_records, write_workflow, tmp_path):
     assert log.read_text() == "one\ntwo\nthree first-output m\nfour\n"
     resumed = _latest()
     assert resumed.resumed_from == killed.id and resumed.state == "completed"
+    again = subprocess.run(
+        [sys.executable, "-m", "flows.batch", "resume", killed.id], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 3 and f"already resumed as {resumed.id} (completed)" in again.stderr
