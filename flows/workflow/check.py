@@ -17,6 +17,7 @@ from flows.workflow.params import BUILTIN_NAMES
 from flows.workflow.shellctx import ANSI, BACKTICK
 from flows.workflow.spec import Step
 from flows.workflow.template import Template, compile_template
+from flows.workflow.units import format_cpu, format_memory
 
 
 @dataclass
@@ -57,10 +58,12 @@ def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:
 
 
 def _check_resources(loaded: LoadedWorkflow, graph: Graph) -> None:
-    """A step that asks for more than the whole run may use could never start."""
+    """A step that asks for more than the whole run may use could never start beside another,
+    and is bound to a limit the workflow says it cannot have."""
     limits = loaded.spec.resource_limits
     if limits is None:
         return
+    show = {"memory": format_memory, "cpu": format_cpu}
     for node in graph.nodes.values():
         for key in ("resources", "resource_requirements"):
             wanted = getattr(node.step, key)
@@ -70,7 +73,9 @@ def _check_resources(loaded: LoadedWorkflow, graph: Graph) -> None:
                 amount = getattr(wanted, kind)
                 if amount is not None and limit is not None and amount > limit:
                     raise ValidationError(
-                        f"step `{node.id}` asks for {kind} {amount:g} but `resource_limits` allows {limit:g} in all",
+                        f"step `{node.id}` asks for {kind} {show[kind](amount)} in `{key}`, but "
+                        f"`resource_limits.{kind}_limit` allows {show[kind](limit)} for the whole run — "
+                        f"lower it or raise the limit",
                         where=loaded.where((*node.loc, key, kind)),
                     )
 

@@ -1,8 +1,20 @@
-"""Which steps may start now: dependencies, group and global limits, priority. Pure.
+"""Which steps may start now: dependencies, group and global limits, resources, priority. Pure.
 
 Prefect runs each step as a task; this decides the order. Prefect's `wait_for` alone
 cannot express "at most N of this group at once" or "lower priority first", so the flow
 asks a `Dispatcher` after every completion.
+
+Resources (`resource_limits.memory_limit` / `cpu_limit`) are reservations counted here too,
+not Prefect global concurrency limits: those are slots on the server, shared by every run
+and created out of band, and a task waiting for a slot would already hold a worker thread.
+Counting in the dispatcher keeps the decision in one pure, unit-tested place; the limits
+hold within one run, not across runs. A leaf reserves its own `resources`, each of
+`memory` and `cpu` falling back to the nearest enclosing group's `resource_requirements`
+(a default for *each* child, not a budget shared by the group). A leaf starts only when its
+reservation fits beside those of the running leaves; a leaf that does not fit may be passed
+by a smaller one further down the queue (the workflow is finite, so it waits, never starves);
+and a leaf always starts when nothing is running, so a reservation larger than the limit
+(refused by `validate`, but possible without it) cannot deadlock the run.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from flows.workflow.graph import Graph
+from flows.workflow.spec import Resources
 
 
 class Outcome(StrEnum):
@@ -27,6 +40,30 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """What a running leaf holds: bytes of memory and CPU cores (None: reserves none)."""
+
+    memory: int | None = None
+    cpu: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.memory is not None or self.cpu is not None
+
+
+def reservation_of(graph: Graph, leaf: str) -> Reservation:
+    """The leaf's own `resources`, each field else the nearest group's `resource_requirements`."""
+    found: dict[str, int | float] = {}
+    for node_id in (leaf, *graph.ancestors(leaf)):
+        step = graph.nodes[node_id].step
+        wanted: Resources | None = step.resources if node_id == leaf else step.resource_requirements
+        for kind in ("memory", "cpu"):
+            value = getattr(wanted, kind, None) if wanted is not None else None
+            if value is not None and kind not in found:
+                found[kind] = value
+    return Reservation(memory=found.get("memory"), cpu=found.get("cpu"))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Settled:
     outcome: Outcome
     reason: str = ""
@@ -35,9 +72,19 @@ class Settled:
 class Dispatcher:
     """Tracks every leaf step from pending to settled and hands out the next ones to start."""
 
-    def __init__(self, graph: Graph, *, limit: int | None = None, fail_fast: bool = True) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        limit: int | None = None,
+        fail_fast: bool = True,
+        memory_limit: int | None = None,
+        cpu_limit: float | None = None,
+    ) -> None:
         self.graph = graph
         self.limit = limit
+        self.memory_limit, self.cpu_limit = memory_limit, cpu_limit
+        self.reservations = {leaf: reservation_of(graph, leaf) for leaf in graph.leaves}
         self.fail_fast = fail_fast
         self.pending: list[str] = list(graph.leaves)
         self.running: set[str] = set()
@@ -72,7 +119,7 @@ class Dispatcher:
         for leaf in candidates:
             if self.limit is not None and len(self.running) >= self.limit:
                 break
-            if not self._group_room(leaf):
+            if not self._group_room(leaf) or not self._fits(leaf):
                 continue
             self.pending.remove(leaf)
             self.running.add(leaf)
@@ -113,6 +160,20 @@ class Dispatcher:
         for group in self._groups[leaf]:
             limit = self.graph.group_limit(group)
             if limit is not None and sum(1 for r in self.running if group in self._groups[r]) >= limit:
+                return False
+        return True
+
+    def _fits(self, leaf: str) -> bool:
+        """Whether the leaf's reservation fits beside the running ones (always, on an idle run)."""
+        if not self.running:
+            return True
+        wanted = self.reservations[leaf]
+        for kind, limit in (("memory", self.memory_limit), ("cpu", self.cpu_limit)):
+            amount = getattr(wanted, kind)
+            if limit is None or amount is None:
+                continue
+            held = sum(getattr(self.reservations[r], kind) or 0 for r in self.running)
+            if held + amount > limit * (1 + 1e-9):  # 0.1 + 0.2 CPUs fit in 0.3
                 return False
         return True
 

@@ -22,7 +22,7 @@ from prefect.states import State
 from flows.errors import OpsflowError
 from flows.workflow import breaker
 from flows.workflow import plan as planning
-from flows.workflow.dispatch import Dispatcher, Outcome
+from flows.workflow.dispatch import Dispatcher, Outcome, reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.notifications import RunNotifier
@@ -113,6 +113,10 @@ class WorkflowRun:
             "before_retry": (lambda: self.run_hooks(on_retry, f"{step_id}.on_retry")) if on_retry else None,
             # hooks (rollback, on_failure...) get their own time even after the run's deadline
             "deadline": self.deadline if node is not None else None,
+            # a hook is not scheduled by reservation, but its own `resources.memory` still binds it
+            "memory": reservation_of(self.graph, node.id).memory
+            if node is not None
+            else (step.resources.memory if step.resources else None),
         }
 
     def settle(self, step_id: str, state: State, section: str) -> StepOutcome:

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.backoff import backoff_delays
+from flows.workflow.dispatch import reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.params import Bound
 from flows.workflow.spec import Retry, Step, Workflow
 from flows.workflow.template import compile_template
+from flows.workflow.units import format_cpu, format_memory
 
 DEFAULT_PARALLEL = 8
 
@@ -38,6 +40,7 @@ class StepPlan:
     limit: int | None  # groups: children at once
     in_order: bool  # groups: children one after another
     approval: bool = False  # waits for an operator's decision (flows/approval.py)
+    reserves: str | None = None  # leaves: memory / cpu held while it runs (dispatch.py)
     unenforced: tuple[str, ...] = ()
     hooks: dict[str, list[HookPlan]] = field(default_factory=dict)
 
@@ -143,15 +146,10 @@ def reads_outputs(loaded: LoadedWorkflow, step: Step, loc: Location, keys: tuple
 
 
 def unenforced_step_fields(step: Step) -> list[str]:
-    """Fields parsed now whose behaviour comes with later work; never silently ignored."""
-    found = []
-    for key in (
-        "resources",
-        "resource_requirements",
-    ):
-        if getattr(step, key):
-            found.append(key)
-    return found
+    """Fields parsed now whose behaviour comes with later work; never silently ignored.
+
+    None are left on steps; the list stays so the next such field is reported, not ignored."""
+    return []
 
 
 def unenforced_workflow_fields(spec: Workflow) -> list[str]:
@@ -162,8 +160,6 @@ def unenforced_workflow_fields(spec: Workflow) -> list[str]:
             for key in ("health_checks", "log_aggregation")
             if getattr(spec.monitoring, key)
         ]
-    if spec.resource_limits and (spec.resource_limits.memory_limit or spec.resource_limits.cpu_limit):
-        found.append("resource_limits.memory_limit/cpu_limit")
     if spec.rollback and spec.rollback.conditions:
         found.append("rollback.conditions (rollback runs on any failure)")
     return found
@@ -243,11 +239,20 @@ def _plan_node(
         limit=graph.group_limit(node.id) if step.is_group else None,
         in_order=step.is_group and not (step.parallel or step.parallel_limit is not None),
         approval=step.manual_approval,
+        reserves=None if step.is_group else describe_reservation(graph, node.id),
         unenforced=tuple(unenforced_step_fields(step)),
         hooks={
             section: [plan_hook(loaded, h, context) for h in hooks] for section, hooks in node.hooks.items()
         },
     )
+
+
+def describe_reservation(graph: Graph, leaf: str) -> str | None:
+    """`memory 512Mi, cpu 1`, or None when the step reserves nothing."""
+    held = reservation_of(graph, leaf)
+    parts = [f"memory {format_memory(held.memory)}"] if held.memory is not None else []
+    parts += [f"cpu {format_cpu(held.cpu)}"] if held.cpu is not None else []
+    return ", ".join(parts) or None
 
 
 def plan_hook(loaded: LoadedWorkflow, hook: Hook, context: dict[str, Any]) -> HookPlan:

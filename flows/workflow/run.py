@@ -160,6 +160,8 @@ def _run(
         graph,
         limit=planning.effective_parallel(loaded.spec, parallel),
         fail_fast=strategy != "continue_on_error",
+        memory_limit=limits.memory_limit if (limits := loaded.spec.resource_limits) else None,
+        cpu_limit=limits.cpu_limit if limits else None,
     )
     if resume_from:
         workflow_state.restore(run, dispatcher, resume_from)

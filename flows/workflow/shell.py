@@ -13,6 +13,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +43,33 @@ def terminate_all() -> int:
     return len(procs)
 
 
+# A step's memory reservation is set as RLIMIT_AS by a tiny exec wrapper, not `preexec_fn`
+# (Python code between fork and exec can deadlock in a threaded parent, and steps run in
+# threads) nor `prlimit` after start (the command could allocate before it lands). The limit
+# is inherited by everything the command starts, each process held to it on its own.
+_LIMIT_AND_EXEC = (
+    "import os, resource, sys\n"
+    "n = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (n, n))\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as e:\n"
+    "    sys.stderr.write(f'cannot start {sys.argv[2]!r}: {e.strerror}\\n')\n"
+    "    sys.exit(127)\n"
+)
+# What runtimes print when an allocation fails (RLIMIT_AS makes malloc/mmap return ENOMEM).
+_OUT_OF_MEMORY_WORDS = (
+    "MemoryError",
+    "Cannot allocate memory",
+    "cannot allocate memory",
+    "out of memory",
+    "Out of memory",
+    "bad_alloc",
+    "memory exhausted",
+    "xmalloc: cannot allocate",
+)
+
+
 @dataclass(frozen=True)
 class CommandResult:
     exit_code: int
@@ -49,6 +77,8 @@ class CommandResult:
     duration: float
     stdout: str
     truncated: bool = False
+    memory_limit: int | None = None  # RLIMIT_AS the command ran under
+    allocation_failed: str = ""  # an stderr line saying an allocation failed, if one did
 
     @property
     def ok(self) -> bool:
@@ -88,9 +118,26 @@ def run_command(
     on_line: LineSink | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    memory_limit: int | None = None,
 ) -> CommandResult:
-    """Run `text` and wait; stdout is returned (capped), every line goes to `on_line`."""
+    """Run `text` and wait; stdout is returned (capped), every line goes to `on_line`.
+
+    `memory_limit` (bytes) is set as RLIMIT_AS: virtual memory, so a runtime that maps much
+    more than it touches (Python ~30-60 MB, JVMs, Go) needs a reservation above its real use.
+    """
     argv, script = shell_argv(text, shell)
+    allocation_failed = ""
+    if memory_limit is not None:
+        argv = [sys.executable, "-S", "-c", _LIMIT_AND_EXEC, str(memory_limit), *argv]
+        sink = on_line
+
+        def on_line(stream: str, line: str) -> None:
+            nonlocal allocation_failed
+            if stream == "stderr" and not allocation_failed and any(w in line for w in _OUT_OF_MEMORY_WORDS):
+                allocation_failed = line.strip()[:200]
+            if sink:
+                sink(stream, line)
+
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -131,6 +178,8 @@ def run_command(
         duration=time.monotonic() - started,
         stdout=stdout,
         truncated=truncated,
+        memory_limit=memory_limit,
+        allocation_failed=allocation_failed,
     )
 
 

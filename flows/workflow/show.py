@@ -39,6 +39,8 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
         if step.delays:
             waits = ", ".join(format_duration(d) for d in step.delays)
             facts.append(f"retries {len(step.delays)} (waits {waits}, jittered)")
+        if step.reserves:
+            facts.append(f"reserves {step.reserves}")
         if step.approval:
             facts.append("waits for approval (`approve RUN`)")
         if step.decided_at_run:

@@ -21,7 +21,7 @@ from prefect.states import Completed, State
 
 from flows.workflow.shell import CommandResult, run_command, terminate_all
 from flows.workflow.steplog import StepLog
-from flows.workflow.units import format_duration
+from flows.workflow.units import format_duration, format_memory
 
 
 class CommandFailed(Exception):
@@ -36,9 +36,11 @@ class CommandFailed(Exception):
         timeout: float | None,
         duration: float = 0.0,
         reason: str = "",
+        memory_note: str = "",
     ) -> None:
         self.step, self.exit_code, self.timed_out = step, exit_code, timed_out
         self.attempt, self.timeout, self.duration, self.reason = attempt, timeout, duration, reason
+        self.memory_note = memory_note  # why the failure is (likely) its memory reservation
         super().__init__(str(self))
 
     final = False  # set when retrying cannot help (the run's deadline has passed)
@@ -51,8 +53,10 @@ class CommandFailed(Exception):
                 f"`{self.step}` timed out after {format_duration(self.timeout or 0)} (process group killed)"
             )
         if self.exit_code < 0:
-            return f"`{self.step}` was killed by {signal.Signals(-self.exit_code).name}"
-        return f"`{self.step}` exited with code {self.exit_code}"
+            how = f"`{self.step}` was killed by {signal.Signals(-self.exit_code).name}"
+        else:
+            how = f"`{self.step}` exited with code {self.exit_code}"
+        return f"{how}: {self.memory_note}" if self.memory_note else how
 
     def __repr__(self) -> str:  # Prefect logs the repr when it schedules a retry
         return str(self)
@@ -68,8 +72,33 @@ class CommandFailed(Exception):
                 self.timeout,
                 self.duration,
                 self.reason,
+                self.memory_note,
             ),
         )
+
+
+_MEMORY_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGKILL}
+
+
+def memory_note(result: CommandResult) -> str:
+    """Why a failed command under a memory limit (likely) failed for lack of memory, or "".
+
+    RLIMIT_AS makes allocations fail; a runtime reports that on stderr (MemoryError,
+    "Cannot allocate memory"), or the process dies of a signal. Only the first is certain.
+    """
+    if result.memory_limit is None or result.ok or result.timed_out:
+        return ""
+    limit = f"{format_memory(result.memory_limit)} of virtual memory, RLIMIT_AS"
+    if result.allocation_failed:
+        return f"it ran out of its memory reservation ({limit}): {result.allocation_failed}"
+    code = result.exit_code
+    number = -code if code < 0 else code - 128 if 128 < code < 160 else 0
+    if number and signal.Signals(number) in _MEMORY_SIGNALS:
+        return (
+            f"died of {signal.Signals(number).name} under its memory reservation ({limit}); "
+            "running out of it is the likely cause"
+        )
+    return ""
 
 
 @task(name="step", cache_policy=NO_CACHE, persist_result=False)
@@ -81,11 +110,13 @@ def run_step(
     env: dict[str, str] | None = None,
     before_retry: Callable[[], None] | None = None,
     deadline: float | None = None,
+    memory: int | None = None,
 ) -> dict[str, Any]:
     """Run one command; its lines go to the run log, a failure raises so Prefect retries.
 
     `deadline` (epoch seconds) is the whole run's `--timeout`: every attempt, retries
-    included, gets at most what is left of it.
+    included, gets at most what is left of it. `memory` (bytes) is the step's reservation,
+    held as its processes' RLIMIT_AS.
     """
     logger = get_run_logger()
     attempt = current_task_run.run_count or 1
@@ -99,10 +130,18 @@ def run_step(
         capped = timeout is None or left < timeout
         timeout = left if timeout is None else min(timeout, left)
     with StepLog(logger, step_id) as log:
-        result: CommandResult = run_command(command, shell=shell, timeout=timeout, env=env, on_line=log.line)
+        result: CommandResult = run_command(
+            command, shell=shell, timeout=timeout, env=env, on_line=log.line, memory_limit=memory
+        )
     if not result.ok:
         failure = CommandFailed(
-            step_id, result.exit_code, result.timed_out, attempt, timeout, result.duration
+            step_id,
+            result.exit_code,
+            result.timed_out,
+            attempt,
+            timeout,
+            result.duration,
+            memory_note=memory_note(result),
         )
         failure.final = result.timed_out and capped  # the run's deadline, not the step's: no retry
         raise failure

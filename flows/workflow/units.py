@@ -80,6 +80,19 @@ def parse_cpu(value: object) -> float:
     return cores
 
 
+def format_memory(size: int) -> str:
+    """`512Mi`, `2Gi`, `1.5Gi` or bytes: the binary unit that keeps the number readable."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        scale = _MEMORY_UNITS[unit]
+        if size >= scale:
+            return f"{size / scale:.4g}{unit}"
+    return f"{size}B"
+
+
+def format_cpu(cores: float) -> str:
+    return f"{cores:g}"
+
+
 def format_duration(seconds: float) -> str:
     """A short human form: `850ms`, `12.3s`, `4m05s`, `2h03m`."""
     if seconds < 1:
