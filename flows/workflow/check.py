@@ -58,8 +58,8 @@ def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:
 
 
 def _check_resources(loaded: LoadedWorkflow, graph: Graph) -> None:
-    """A step that asks for more than the whole run may use could never start beside another,
-    and is bound to a limit the workflow says it cannot have."""
+    """A step (or a group's default) asking for more than the whole run may hold is a mistake:
+    the dispatcher would run it alone, above the limit, rather than never."""
     limits = loaded.spec.resource_limits
     if limits is None:
         return

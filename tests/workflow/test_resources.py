@@ -163,3 +163,16 @@ def test_a_step_beyond_its_memory_fails_with_that_reason(write_workflow):
     assert step["state"] == "Failed"
     assert "exited with code 1: it ran out of its memory reservation (128Mi" in step["reason"]
     assert "MemoryError" in step["reason"]
+
+
+def test_a_groups_requirement_above_the_limit_is_refused_where_it_is_written():
+    from flows.errors import ValidationError
+    from flows.workflow.check import analyse
+
+    text = _parallel(("a", None, None), group="    resource_requirements:\n      cpu: '8'")
+    loaded = parse_workflow("resource_limits: {cpu_limit: '4'}\n" + text, Path("t.yaml"))
+    with pytest.raises(ValidationError) as info:
+        analyse(loaded)
+    assert info.value.where == "t.yaml:7"  # the `cpu:` line under `resource_requirements`
+    assert "asks for cpu 8 in `resource_requirements`" in str(info.value)
+    assert "`resource_limits.cpu_limit` allows 4" in str(info.value)
