@@ -43,8 +43,9 @@ def test_help_lists_every_command(capsys):
 
 
 def test_validate_ok_and_json(capsys):
-    assert cli("validate", *map(str, sorted((FIXTURES / "seed001").glob("*.yaml")))) == 0
-    assert capsys.readouterr().out.count("ok  ") == 10
+    seeds = [p for p in sorted((FIXTURES / "seed001").glob("*.yaml")) if p.stem != "error-handling"]
+    assert cli("validate", *map(str, seeds)) == 0  # error-handling: tests/workflow/test_recovery.py
+    assert capsys.readouterr().out.count("ok  ") == 9
     assert cli("validate", "--json", str(FIXTURES / "seed001" / "basic-deployment.yaml")) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["valid"] and data[0]["steps"] == 5

@@ -43,6 +43,9 @@ def test_error_handling_failure_demo_runs_its_hooks(tmp_path):
     by_step = {s["step"]: s for s in summary["steps"]}
     assert by_step["deploy_release"]["state"] == "Failed" and by_step["deploy_release"]["attempts"] == 3
     assert by_step["automatic_rollback"]["state"] == "Completed"
+    assert by_step["collect_diagnostics"]["section"] == "recovery"  # recovery strategy deploy_recovery
+    assert by_step["collect_diagnostics"]["state"] == "Completed"
+    assert (tmp_path / "error-handling" / "recovery-report.txt").exists()
 
 
 def test_best_practice_compensates_newest_first(tmp_path):

@@ -14,6 +14,7 @@ from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.metrics import check_metrics
 from flows.workflow.params import BUILTIN_NAMES
+from flows.workflow.recovery import check_recovery
 from flows.workflow.shellctx import ANSI, BACKTICK
 from flows.workflow.spec import Step
 from flows.workflow.template import Template, compile_template
@@ -32,6 +33,7 @@ def analyse(loaded: LoadedWorkflow) -> Analysis:
     _check_references(loaded, graph)
     _check_resources(loaded, graph)
     check_metrics(loaded, graph)
+    check_recovery(loaded, graph)
     return Analysis(graph=graph, warnings=check_templates(loaded, graph))
 
 

@@ -125,6 +125,9 @@ def build_graph(loaded: LoadedWorkflow) -> Graph:
             ("post_execution", "failure"),
             "post_execution.failure",
         ),
+        "recovery": _hooks(
+            loaded, spec.recovery.steps if spec.recovery else [], ("recovery", "steps"), "recovery"
+        ),
     }
     graph = Graph(nodes=nodes, roots=roots, sections=sections)
     _resolve_dependencies(loaded, graph)

@@ -15,6 +15,7 @@ from flows.workflow.dispatch import reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.params import Bound
+from flows.workflow.recovery import strategy_lines
 from flows.workflow.spec import Retry, Step, Workflow
 from flows.workflow.template import compile_template
 from flows.workflow.units import format_cpu, format_memory
@@ -66,6 +67,7 @@ class Plan:
     unenforced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     prerequisites: list[HookPlan] = field(default_factory=list)
+    recovery: list[str] = field(default_factory=list)  # one line per strategy
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,7 @@ class Plan:
                 s.__dict__ | {"depends_on": list(s.depends_on), "delays": list(s.delays)} for s in self.steps
             ],
             "hooks": self.hooks,
+            "recovery": self.recovery,
             "accepted_not_yet_enforced": self.unenforced,
             "warnings": self.warnings,
         }
@@ -153,7 +156,7 @@ def unenforced_step_fields(step: Step) -> list[str]:
 
 
 def unenforced_workflow_fields(spec: Workflow) -> list[str]:
-    found = ["recovery"] if spec.recovery else []
+    found: list[str] = []
     if spec.monitoring:
         found += [
             f"monitoring.{key}"
@@ -196,6 +199,7 @@ def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, paralle
         strategy=spec.error_handling.strategy,
         unenforced=unenforced,
         warnings=list(bound.warnings),
+        recovery=strategy_lines(loaded),
     )
 
 

@@ -49,6 +49,8 @@ class RunSummary:
     exit_code: int = 0
     message: str = ""
     steps: list[StepOutcome] = field(default_factory=list)
+    # recovery strategies that fired: {strategy, conditions, actions: [{action, result}]}
+    recovery: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -76,7 +78,7 @@ class RunSummary:
             "duration": round(self.duration, 3),
             "counts": self.counts(),
             "steps": [asdict(s) | {"duration": round(s.duration, 3)} for s in self.steps],
-        }
+        } | ({"recovery": self.recovery} if self.recovery else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:

@@ -29,6 +29,7 @@ from flows.workflow.graph import Graph, Hook
 from flows.workflow.load import LoadedWorkflow, load_workflow
 from flows.workflow.notifications import RunNotifier
 from flows.workflow.params import bind
+from flows.workflow.recovery import recover
 from flows.workflow.report import RunSummary
 from flows.workflow.spec import Step
 from flows.workflow.tasks import stop_commands_on_signals
@@ -154,6 +155,7 @@ def _run(
     unmet = _unmet_prerequisite(run)
     if unmet:
         run.logger.error(unmet)
+        recover(run, notifier)
         return _notified(notifier, _finish(summary, failed_main=[], unmet=unmet), summary, loaded, graph)
     strategy = "continue_on_error" if continue_on_error else loaded.spec.error_handling.strategy
     dispatcher = Dispatcher(
@@ -173,6 +175,7 @@ def _run(
             run.run_hooks(graph.sections["rollback"], "rollback")
             notifier.emit("rolled_back", failed=[s.step for s in failed])
         run.run_hooks(graph.sections["on_failure"], "on_failure")
+        recover(run, notifier)
         run.run_hooks(graph.sections["post_failure"], "post_execution.failure")
     else:
         run.run_hooks(graph.sections["on_success"], "on_success")

@@ -59,6 +59,9 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
     for section, hooks in plan.hooks.items():
         lines.append(f"{section.replace('post_', 'post_execution.').replace('_', ' ')}:")
         lines.extend(_hook_lines(hooks, "  "))
+    if plan.recovery:
+        lines.append("recovery strategies (at the end of a failed run):")
+        lines.extend(f"  {line}" for line in plan.recovery)
     if plan.unenforced:
         lines.append("accepted, not yet enforced: " + "; ".join(plan.unenforced))
     for warning in plan.warnings:

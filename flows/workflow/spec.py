@@ -409,19 +409,27 @@ class RecoveryStrategy(Model):
 
     name: str = Field(examples=["service_recovery"], description="Name of the strategy.")
     conditions: StrList = Field(
-        default_factory=list, examples=[["service_down"]], description="Named outcomes that trigger it."
+        default_factory=list,
+        examples=[["step_failed:deploy_api", "health_check_failed"]],
+        description="Outcomes that trigger it, any one is enough: `step_failed[:STEP]`, "
+        "`step_timed_out[:STEP]`, `health_check_failed`, `prerequisite_failed[:NAME]`, `run_timed_out`.",
     )
     actions: StrList = Field(
         default_factory=list,
-        examples=[["restart_service"]],
-        description="Names of steps or built-in actions to run.",
+        examples=[["restart_service", "rollback"]],
+        description="Run in order: names of `recovery.steps`, or the built-ins `rollback` and `notify`.",
     )
 
 
 class Recovery(Model):
-    """Recovery strategies (conditions → actions)."""
+    """Recovery strategies (conditions → actions), evaluated at the end of a failed run."""
 
     enabled: bool = Field(True, examples=[True], description="Whether the strategies apply.")
+    steps: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list,
+        examples=[[{"name": "restart_service", "command": "systemctl restart api"}]],
+        description="Steps that strategies' `actions` name; they run only as recovery actions.",
+    )
     strategies: list[RecoveryStrategy] = Field(
         default_factory=list,
         examples=[

@@ -17,13 +17,16 @@ from flows.workflow.load import load_workflow, parse_workflow
 from ..conftest import FIXTURES
 
 SEED_FILES = sorted((FIXTURES / "seed001").glob("*.yaml"))
+# Seed examples whose `recovery` names conditions and actions nothing in them defines
+# (`service_down`, `restart_service`, ...): refused with file:line, see test_recovery.py.
+UNMAPPABLE = {"error-handling"}
 
 
 def test_all_seed_examples_are_present():
     assert len(SEED_FILES) == 10
 
 
-@pytest.mark.parametrize("path", SEED_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in SEED_FILES if p.stem not in UNMAPPABLE], ids=lambda p: p.stem)
 def test_seed_examples_validate_unchanged(path):
     loaded = load_workflow(path)
     analysis = analyse(loaded)

@@ -1,0 +1,182 @@
+"""`recovery.strategies`: refused with file:line when they cannot be mapped; real runs otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.batch import main
+
+from ..conftest import FIXTURES
+
+RECOVERY_STEPS = """
+  steps:
+    - name: restart_service
+      command: echo restarted >> {log}
+"""
+
+
+def validate(path) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(path)])
+    return info.value.code
+
+
+def workflow(log, strategies: str, extra: str = "") -> str:
+    return f"""name: recovering
+steps:
+  - name: deploy
+    command: "true"
+  - name: api_health
+    command: "true"
+{extra}recovery:
+  strategies:
+{strategies}{RECOVERY_STEPS.format(log=log)}"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "line", "message"),
+    [
+        (
+            '    - name: s\n      conditions: ["service_down"]\n      actions: [restart_service]\n',
+            10,
+            "recovery condition `service_down` is not one the engine can detect",
+        ),
+        (
+            '    - name: s\n      conditions: ["step_failed"]\n      actions:\n        - restart_servce\n',
+            12,
+            "did you mean `restart_service`",
+        ),
+        (
+            '    - name: s\n      conditions: ["step_failed:deploy_db"]\n      actions: [restart_service]\n',
+            10,
+            "names `deploy_db`, which is not a step",
+        ),
+        (
+            '    - name: s\n      conditions: ["step_timed_out"]\n      actions: [rollback]\n',
+            11,
+            "action `rollback` needs an enabled `rollback` section",
+        ),
+    ],
+    ids=["unknown condition", "unknown action", "missing step", "rollback without section"],
+)
+def test_unmappable_strategies_are_validation_errors(
+    write_workflow, tmp_path, capsys, strategy, line, message
+):
+    path = write_workflow(workflow(tmp_path / "log", strategy))
+    assert validate(path) == 3
+    err = capsys.readouterr().err
+    assert f"{path}:{line}: " in err and message in err, err
+
+
+def test_health_check_failed_needs_a_health_check_step(write_workflow, tmp_path, capsys):
+    text = workflow(
+        tmp_path / "log",
+        "    - name: s\n      conditions: [health_check_failed]\n      actions: [restart_service]\n",
+    ).replace("api_health", "api_probe")
+    path = write_workflow(text)
+    assert validate(path) == 3
+    assert "a step whose name contains `health`" in capsys.readouterr().err
+
+
+def test_seed_recovery_example_is_refused_where_it_cannot_be_mapped(capsys):
+    # seed 001 writes `service_down`, `data_corruption`, `backup_needed` and actions such as
+    # `restart_service` that nothing in the file defines: no honest mapping exists.
+    path = FIXTURES / "seed001" / "error-handling.yaml"
+    assert validate(path) == 3
+    assert f"{path}:37: recovery condition `service_down`" in capsys.readouterr().err
+
+
+def test_samples_with_recovery_validate(capsys):
+    assert validate(FIXTURES.parent.parent / "deployments" / "workflows" / "error-handling.yaml") == 0
+
+
+# -- real runs ----------------------------------------------------------------------------
+
+
+def run(path):
+    from flows.workflow.run import run_workflow
+
+    state = run_workflow(path=str(path), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_failed_step_runs_recovery_step_then_rollback(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    path = write_workflow(f"""name: recovering
+steps:
+  - name: deploy
+    command: exit 4
+rollback:
+  automatic: false
+  steps:
+    - name: switch_back
+      command: echo rolled back >> {log}
+recovery:
+  strategies:
+    - name: after_deploy
+      conditions: ["step_failed:deploy"]
+      actions: [restart_service, rollback]
+    - name: timeouts
+      conditions: [step_timed_out]
+      actions: [restart_service]
+{RECOVERY_STEPS.format(log=log)}""")
+    state, summary = run(path)
+    assert state.is_failed()
+    assert log.read_text().splitlines() == ["restarted", "rolled back"]
+    sections = [(s["section"], s["step"], s["state"]) for s in summary["steps"] if s["section"] != "steps"]
+    assert sections == [
+        ("recovery", "restart_service", "Completed"),
+        ("rollback", "switch_back", "Completed"),
+    ]
+    assert summary["recovery"] == [
+        {
+            "strategy": "after_deploy",
+            "conditions": ["step_failed:deploy"],
+            "actions": [
+                {"action": "restart_service", "result": "Completed"},
+                {"action": "rollback", "result": "Completed"},
+            ],
+        }
+    ]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_timed_out_step_triggers_its_strategy_and_success_triggers_nothing(write_workflow, tmp_path):
+    log = tmp_path / "log"
+    text = f"""name: recovering
+parameters:
+  - name: nap
+    default: "5"
+steps:
+  - name: api_health
+    timeout: 0.5s
+    command: sleep {{{{ .nap }}}}
+recovery:
+  strategies:
+    - name: failed
+      conditions: [step_failed]
+      actions: [note_failure]
+    - name: slow
+      conditions: ["step_timed_out:api_health", health_check_failed]
+      actions: [restart_service]
+  steps:
+    - name: note_failure
+      command: echo failed >> {log}
+    - name: restart_service
+      command: echo restarted >> {log}
+"""
+    path = write_workflow(text)
+    state, summary = run(path)
+    assert state.is_failed()
+    assert log.read_text().splitlines() == ["failed", "restarted"]
+    assert [r["strategy"] for r in summary["recovery"]] == ["failed", "slow"]
+    assert summary["recovery"][1]["conditions"] == ["step_timed_out:api_health", "health_check_failed"]
+
+    log.unlink()
+    path.write_text(text.replace('default: "5"', 'default: "0"'))
+    state, summary = run(path)
+    assert state.is_completed(), summary
+    assert not log.exists()
+    assert "recovery" not in summary
+    assert all(s["section"] == "steps" for s in summary["steps"])
