@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flows.batch import main
@@ -180,3 +182,35 @@ recovery:
     assert not log.exists()
     assert "recovery" not in summary
     assert all(s["section"] == "steps" for s in summary["steps"])
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_failed_prerequisite_notifies_the_channels(write_workflow, monkeypatch):
+    from tests.receivers import Receiver
+
+    hook = Receiver()
+    monkeypatch.setenv("OPSFLOW_NOTIFY_HOOK", hook.url)
+    path = write_workflow("""name: recovering
+prerequisites:
+  - name: tool
+    command: exit 1
+steps:
+  - name: deploy
+    command: "true"
+notifications:
+  channels: [hook]
+recovery:
+  strategies:
+    - name: tell_someone
+      conditions: ["prerequisite_failed:tool"]
+      actions: [notify]
+""")
+    try:
+        state, summary = run(path)
+    finally:
+        hook.close()
+    assert state.is_failed() and summary["exit_code"] == 2
+    assert summary["recovery"][0]["actions"] == [{"action": "notify", "result": "sent"}]
+    posts = [json.loads(body) for body in hook.bodies]
+    assert [p["title"] for p in posts] == ["opsflow: recovering recovery (development)"]
+    assert "failed steps: tool" in posts[0]["message"]
