@@ -53,6 +53,14 @@ def check_recovery(loaded: LoadedWorkflow, graph: Graph) -> None:
     spec = loaded.spec
     if spec.recovery is None:
         return
+    for index, step in enumerate(spec.recovery.steps):
+        if step.name is None or step.name in BUILTIN_ACTIONS:
+            why = (
+                "a name, which actions use to run it" if step.name is None else "a name other than a built-in"
+            )
+            raise ValidationError(
+                f"a step of `recovery.steps` needs {why}", where=loaded.where(("recovery", "steps", index))
+            )
     steps = recovery_steps(loaded, graph)
     prerequisites = {p.name for p in spec.prerequisites}
     for index, strategy in enumerate(spec.recovery.strategies):

@@ -8,7 +8,7 @@ import pytest
 
 from flows.batch import main
 
-from ..conftest import FIXTURES
+from ..conftest import FIXTURES, SAMPLES
 
 RECOVERY_STEPS = """
   steps:
@@ -80,6 +80,17 @@ def test_health_check_failed_needs_a_health_check_step(write_workflow, tmp_path,
     assert "a step whose name contains `health`" in capsys.readouterr().err
 
 
+def test_recovery_step_may_not_hide_a_builtin(write_workflow, tmp_path, capsys):
+    text = workflow(
+        tmp_path / "log", "    - name: s\n      conditions: [step_failed]\n      actions: [notify]\n"
+    )
+    path = write_workflow(text.replace("name: restart_service", "name: notify"))
+    assert validate(path) == 3
+    assert (
+        f"{path}:14: a step of `recovery.steps` needs a name other than a built-in" in capsys.readouterr().err
+    )
+
+
 def test_seed_recovery_example_is_refused_where_it_cannot_be_mapped(capsys):
     # seed 001 writes `service_down`, `data_corruption`, `backup_needed` and actions such as
     # `restart_service` that nothing in the file defines: no honest mapping exists.
@@ -89,7 +100,7 @@ def test_seed_recovery_example_is_refused_where_it_cannot_be_mapped(capsys):
 
 
 def test_samples_with_recovery_validate(capsys):
-    assert validate(FIXTURES.parent.parent / "deployments" / "workflows" / "error-handling.yaml") == 0
+    assert validate(SAMPLES / "error-handling.yaml") == 0
 
 
 # -- real runs ----------------------------------------------------------------------------
