@@ -45,14 +45,9 @@ class Approval:
         return f"{verb}{who}{why}"
 
 
-def decision_input(run_input: dict | None, *, reject: bool, reason: str, approver: str | None) -> dict:
+def decision_input(*, reject: bool, reason: str, approver: str | None) -> dict:
     """The input `approve` sends: what the UI's form sends, filled from the command line."""
-    return {
-        "approve": not reject,
-        "reason": reason,
-        "approver": approver or getpass.getuser(),
-        **(run_input or {}),
-    }
+    return {"approve": not reject, "reason": reason, "approver": approver or getpass.getuser()}
 
 
 def _decision_model():

@@ -54,7 +54,7 @@ def approve(
         if run is None:
             doc = anyio.run(_waiting, api)
         else:
-            decision = decision_input(None, reject=reject, reason=reason.strip(), approver=approver)
+            decision = decision_input(reject=reject, reason=reason.strip(), approver=approver)
             doc = anyio.run(_decide, api, run, decision)
     except OpsflowError as err:
         console.error(str(err))

@@ -21,11 +21,11 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from flows.cli_options import Json, Quiet, Verbose
+from flows.cli_options import Json, Quiet, Verbose, duration_option
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_OK, OpsflowError, ValidationError
 from flows.prefect_api import api_errors, need_server
-from flows.trigger import POLL_SECONDS, Timeout, exit_code_for, find_deployment, parse_timeout
+from flows.trigger import POLL_SECONDS, Timeout, exit_code_for, find_deployment
 from flows.workflow.units import format_duration
 
 MAX_TICKS = 1000
@@ -171,7 +171,7 @@ def backfill(
     console = Console(verbose=verbose, quiet=quiet)
     try:
         window = parse_when(start, "--from"), parse_when(end, "--to", end=True)
-        limit = parse_timeout(timeout)
+        limit = duration_option(timeout, "--timeout")
         if limit is not None and not wait:
             raise ValidationError("--timeout needs --wait")
         need_server(console, verbose, quiet)

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from flows.approve import approve
-from flows.cli_options import Json, Quiet, Verbose
+from flows.cli_options import Json, Quiet, Verbose, duration_option
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import files_app
@@ -201,13 +201,7 @@ def run(
     """Run a workflow as a Prefect flow (one task run per step) and print its summary."""
     console = Console(verbose=verbose, quiet=quiet)
     try:
-        if timeout is not None:
-            from flows.workflow.units import parse_duration
-
-            try:
-                parse_duration(timeout)
-            except ValueError as exc:
-                raise ValidationError(f"--timeout: {exc}") from None
+        duration_option(timeout, "--timeout")
         loaded, values, the_plan, settings = _prepare(
             file, sets, env, parallel, f"dry-run-{uuid.uuid4().hex[:8]}"
         )

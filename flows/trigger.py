@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_options import Json, Quiet, Verbose
+from flows.cli_options import Json, Quiet, Verbose, duration_option
 from flows.console import LOG_DATEFMT, Console
 from flows.errors import (
     EXIT_FAILURE,
@@ -29,7 +29,7 @@ from flows.errors import (
     ValidationError,
 )
 from flows.prefect_api import CONNECT_SECONDS, api_errors, need_server
-from flows.workflow.units import format_duration, parse_duration
+from flows.workflow.units import format_duration
 
 POLL_SECONDS = 1.0
 LOG_WINDOW = timedelta(seconds=30)  # log lines may reach the API late: re-read this far back
@@ -65,14 +65,6 @@ def _text_only(prop: dict[str, Any]) -> bool:
     return "string" in types and types <= {"string", "null", None}
 
 
-def parse_timeout(text: str | None) -> float | None:
-    """`--timeout` in seconds (30s, 5m, 1h...); None without one."""
-    try:
-        return None if text is None else parse_duration(text)
-    except ValueError as exc:
-        raise ValidationError(f"--timeout: {exc}") from None
-
-
 def exit_code_for(state_type: str) -> int | None:
     """The exit code of a final state type (COMPLETED, FAILED...); None while the run goes on."""
     return FINAL.get(state_type.upper())
@@ -100,7 +92,7 @@ def trigger(
     console = Console(verbose=verbose, quiet=quiet)
     try:
         parse_params(params or [])  # bad syntax fails before any API call
-        limit = parse_timeout(timeout)
+        limit = duration_option(timeout, "--timeout")
         if not wait and (timeout is not None or logs or cancel_on_timeout):
             raise ValidationError("--timeout, --cancel-on-timeout and --logs need --wait")
         if cancel_on_timeout and limit is None:

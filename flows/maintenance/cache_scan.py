@@ -96,12 +96,9 @@ def check_grouping(depth: int, delimiter: str, top: int) -> None:
 
 def parse_ttl(value: str | int) -> int:
     """Whole seconds (at least 1) from 3600, '90s', '15m', '1h' or '7d'."""
-    from flows.workflow.units import parse_duration
+    from flows.cli_options import duration_option
 
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise ValidationError(f"--ttl: {exc}") from None
+    seconds = duration_option(value, "--ttl")
     if seconds < 1:
         raise ValidationError(f"--ttl must be at least one second, not {value!r}")
     return math.ceil(seconds)

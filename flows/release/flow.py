@@ -23,12 +23,12 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.approval import approval_timeout as parse_timeout
+from flows.approval import approval_timeout as approval_seconds
 from flows.approval import request_approval
 from flows.errors import OpsflowError, ValidationError
 from flows.maintenance.record import finish, recorded
 from flows.release import instances
-from flows.release.target import Target, check_version, release_root
+from flows.release.target import COLORS, Target, check_version, release_root
 from flows.workflow.notifications import RunNotifier
 
 HEALTH_RETRIES = [1, 2, 4]  # seconds between health probes: a fresh instance may still warm up
@@ -166,7 +166,7 @@ def release(
     from prefect.runtime import flow_run
 
     check_version(version)
-    wait = parse_timeout(approval_timeout)
+    wait = approval_seconds(approval_timeout)
     must_approve = needs_approval(approval, environment)
     ports = {"blue": blue_port, "green": green_port}
     if len({blue_port, green_port, router_port}) != 3:
@@ -241,17 +241,12 @@ def release(
                 done=True,
             )
             notifier.emit("completed", duration=time.monotonic() - started, detail=outcome.message)
-    return finish(
-        outcome,
-        table=[
-            {
-                "color": c,
-                "version": Target(root_path).version(c) or "-",
-                "live": "yes" if Target(root_path).live() == c else "",
-            }
-            for c in ("blue", "green")
-        ],
-    )
+    target = Target(root_path)
+    live = target.live()
+    colors = [
+        {"color": c, "version": target.version(c) or "-", "live": "yes" if live == c else ""} for c in COLORS
+    ]
+    return finish(outcome, table=colors)
 
 
 def _record_start(environment: str, version: str, run_id: str) -> int:

@@ -54,6 +54,7 @@ class WorkflowRun:
         summary: RunSummary,
         deadline: float | None,
         env: dict[str, str],
+        notifier: RunNotifier,
     ) -> None:
         self.loaded, self.graph, self.context, self.summary = loaded, graph, context, summary
         self.deadline = deadline  # epoch seconds, from --timeout
@@ -66,9 +67,7 @@ class WorkflowRun:
         self.groups_done: set[str] = set()
         self.timed_out = False
         self.awaiting_approval: list[str] = []  # started by the dispatcher, waiting for a decision
-        self.notifier = RunNotifier(
-            loaded.spec.notifications, loaded.spec.name, summary.environment, summary.workflow_id, self.logger
-        )
+        self.notifier = notifier  # the run's: requires_approval goes where started/failed go
         self.recorder = Recorder(summary.workflow_id, self.logger, enabled=False)  # run.py sets the real one
 
     # -- one step --------------------------------------------------------------------------

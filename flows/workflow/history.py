@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_options import Json, Quiet, Verbose
+from flows.cli_options import Json, Quiet, Verbose, duration_option
 from flows.console import Console
 from flows.errors import EXIT_OK, OpsflowError, ValidationError
 from flows.workflow.units import format_duration
@@ -145,14 +145,10 @@ def cleanup(
     from flows.records.db import session
     from flows.records.models import utcnow
     from flows.records.workflows import delete_runs, runs_older_than
-    from flows.workflow.units import parse_duration
 
     console = Console(verbose=verbose, quiet=quiet)
     try:
-        try:
-            age = parse_duration(older_than)
-        except ValueError as exc:
-            raise ValidationError(f"--older-than: {exc}") from None
+        age = duration_option(older_than, "--older-than")
         with session() as db:
             old = runs_older_than(db, utcnow() - timedelta(seconds=age))
             ids = [r.id for r in old]

@@ -148,7 +148,13 @@ def _run(
     notifier.emit("started")
     deadline = time.time() + parse_duration(timeout) if timeout else None
     run = WorkflowRun(
-        loaded, graph, bound.context, summary, deadline, _command_env(bound.context, bound.parameters)
+        loaded,
+        graph,
+        bound.context,
+        summary,
+        deadline,
+        _command_env(bound.context, bound.parameters),
+        notifier,
     )
     run.recorder = recorder
 
