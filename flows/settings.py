@@ -23,6 +23,11 @@ class Settings(BaseSettings):
         "auto", description="How local runs find a Prefect API (see flows/local_server.py)."
     )
     server_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server.")
+    log_aggregation_dir: Path | None = Field(
+        None,
+        description="Where `monitoring.log_aggregation` writes each run's JSON lines "
+        "(default OPSFLOW_HOME/logs/aggregate).",
+    )
 
 
 @lru_cache(maxsize=1)

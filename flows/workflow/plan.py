@@ -14,6 +14,7 @@ from flows.backoff import backoff_delays
 from flows.workflow.dispatch import reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
+from flows.workflow.logship import planned_location
 from flows.workflow.params import Bound
 from flows.workflow.recovery import strategy_lines
 from flows.workflow.spec import Retry, Step, Workflow
@@ -68,6 +69,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     prerequisites: list[HookPlan] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)  # one line per strategy
+    log_aggregation: str | None = None  # monitoring.log_aggregation: where each run's JSON lines go
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class Plan:
             ],
             "hooks": self.hooks,
             "recovery": self.recovery,
+            "log_aggregation": self.log_aggregation,
             "accepted_not_yet_enforced": self.unenforced,
             "warnings": self.warnings,
         }
@@ -158,11 +161,7 @@ def unenforced_step_fields(step: Step) -> list[str]:
 def unenforced_workflow_fields(spec: Workflow) -> list[str]:
     found: list[str] = []
     if spec.monitoring:
-        found += [
-            f"monitoring.{key}"
-            for key in ("health_checks", "log_aggregation")
-            if getattr(spec.monitoring, key)
-        ]
+        found += [f"monitoring.{key}" for key in ("health_checks",) if getattr(spec.monitoring, key)]
     if spec.rollback and spec.rollback.conditions:
         found.append("rollback.conditions (rollback runs on any failure)")
     return found
@@ -200,6 +199,7 @@ def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, paralle
         unenforced=unenforced,
         warnings=list(bound.warnings),
         recovery=strategy_lines(loaded),
+        log_aggregation=planned_location(spec),
     )
 
 

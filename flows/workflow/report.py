@@ -51,6 +51,7 @@ class RunSummary:
     steps: list[StepOutcome] = field(default_factory=list)
     # recovery strategies that fired: {strategy, conditions, actions: [{action, result}]}
     recovery: list[dict[str, Any]] = field(default_factory=list)
+    aggregated_log: str = ""  # monitoring.log_aggregation: the run's JSON-lines file (logship.py)
 
     @property
     def duration(self) -> float:
@@ -68,7 +69,7 @@ class RunSummary:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "workflow": self.workflow,
             "environment": self.environment,
             "workflow_id": self.workflow_id,
@@ -79,6 +80,9 @@ class RunSummary:
             "counts": self.counts(),
             "steps": [asdict(s) | {"duration": round(s.duration, 3)} for s in self.steps],
         } | ({"recovery": self.recovery} if self.recovery else {})
+        if self.aggregated_log:
+            data["aggregated_log"] = self.aggregated_log
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:
@@ -89,6 +93,7 @@ class RunSummary:
             state=data["state"],
             exit_code=data["exit_code"],
             message=data.get("message", ""),
+            aggregated_log=data.get("aggregated_log", ""),
         )
         summary.finished = summary.started
         summary.started -= data.get("duration", 0.0)
@@ -112,4 +117,7 @@ class RunSummary:
     def markdown(self) -> str:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         head = f"**{self.workflow}** on `{self.environment}`: **{self.state}** in {format_duration(self.duration)}"
-        return f"{head} ({counts})" + (f"\n\n{self.message}" if self.message else "")
+        text = f"{head} ({counts})" + (f"\n\n{self.message}" if self.message else "")
+        return text + (
+            f"\n\nAggregated log (JSON lines): `{self.aggregated_log}`" if self.aggregated_log else ""
+        )

@@ -20,6 +20,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.errors import DependencyError, OpsflowError, StepFailure
+from flows.workflow import logship
 from flows.workflow import plan as planning
 from flows.workflow import state as workflow_state
 from flows.workflow.check import analyse
@@ -78,7 +79,7 @@ def run_workflow(
     start = current_flow_run.scheduled_start_time  # a run made by the scheduler: its cron tick
     logical_date = logical_date or (start.isoformat(timespec="seconds") if start else None)
     try:
-        with stop_commands_on_signals():
+        with stop_commands_on_signals(), logship.closing():
             return _run(
                 path,
                 parameters,
@@ -142,6 +143,7 @@ def _run(
     if unenforced:
         logger.warning("accepted, not yet enforced: " + "; ".join(unenforced))
     summary = RunSummary(loaded.spec.name, str(bound.context["environment"]), workflow_id)
+    logship.start(loaded.spec, summary, bound.parameters, logger, path_to_file=path)
     notifier = RunNotifier(
         loaded.spec.notifications, loaded.spec.name, str(bound.context["environment"]), workflow_id, logger
     )
@@ -242,6 +244,7 @@ def _finish(
     else:
         summary.state, summary.exit_code = "Completed", 0
     workflow_state.finish(summary)
+    logship.finish(summary)
     create_table_artifact(
         table=summary.rows() or [{"step": "-", "state": "no steps"}],
         key=_artifact_key(summary.workflow),

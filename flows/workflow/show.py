@@ -62,6 +62,8 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
     if plan.recovery:
         lines.append("recovery strategies (at the end of a failed run):")
         lines.extend(f"  {line}" for line in plan.recovery)
+    if plan.log_aggregation:
+        lines.append(f"log aggregation: every line of the run as JSON lines to {plan.log_aggregation}")
     if plan.unenforced:
         lines.append("accepted, not yet enforced: " + "; ".join(plan.unenforced))
     for warning in plan.warnings:
@@ -105,4 +107,6 @@ def summary_table(summary: RunSummary) -> str:
     )
     if summary.message:
         out.append(summary.message)
+    if summary.aggregated_log:
+        out.append(f"aggregated log (JSON lines): {summary.aggregated_log}")
     return "\n".join(line.rstrip() for line in out)

@@ -504,7 +504,14 @@ class Monitoring(Model):
     )
     health_checks: bool = Field(False, examples=[True], description="Run health checks around the run.")
     metrics_collection: bool = Field(False, examples=[True], description="Collect metrics for the run.")
-    log_aggregation: bool = Field(False, examples=[True], description="Ship logs to the aggregator.")
+    log_aggregation: bool = Field(
+        False,
+        examples=[True],
+        description="Write every output line of every step (uncapped) and the run's and steps' "
+        "start/settle events as JSON lines, one file per run, for a log shipper (Vector, Promtail, "
+        "Fluent Bit) to tail: `$OPSFLOW_LOG_AGGREGATION_DIR` (default `$OPSFLOW_HOME/logs/aggregate`)"
+        "`/<workflow>/<YYYY-MM-DD>/<workflow_id>.jsonl`; secret parameters masked.",
+    )
     alert_on_failure: bool = Field(False, examples=[True], description="Alert when the run fails.")
 
 

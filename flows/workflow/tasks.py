@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run as current_task_run
 from prefect.states import Completed, State
 
+from flows.workflow import logship
 from flows.workflow.shell import CommandResult, run_command, terminate_all
 from flows.workflow.steplog import StepLog
 from flows.workflow.units import format_duration, format_memory
@@ -130,8 +131,9 @@ def run_step(
         capped = timeout is None or left < timeout
         timeout = left if timeout is None else min(timeout, left)
     with StepLog(logger, step_id) as log:
+        sink = logship.tee(log.line, step_id, attempt)  # also to the run's JSON lines, if aggregated
         result: CommandResult = run_command(
-            command, shell=shell, timeout=timeout, env=env, on_line=log.line, memory_limit=memory
+            command, shell=shell, timeout=timeout, env=env, on_line=sink, memory_limit=memory
         )
     if not result.ok:
         failure = CommandFailed(
