@@ -38,9 +38,12 @@ def prefect_api():
             os.environ.pop("PREFECT_API_URL", None)
 
 
-# Records (and anything else opsflow keeps in its home) go to a throwaway directory.
-os.environ["OPSFLOW_HOME"] = tempfile.mkdtemp(prefix="opsflow-test-home-")
-os.environ.pop("OPSFLOW_DATABASE_URL", None)
+def mark_health_check(seed_text: str) -> str:
+    """seed 001's advanced deployment with its green test marked as the health check (the seed's
+    `rollback.conditions: [health_check_failed]` names no such step, so it is refused as written)."""
+    step = '      - name: "test_green_environment"\n'
+    assert step in seed_text
+    return seed_text.replace(step, step + "        health_check: true\n")
 
 
 @pytest.fixture

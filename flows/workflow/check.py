@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from flows.errors import ValidationError
+from flows.workflow.conditions import check_rollback
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.metrics import check_metrics
@@ -34,7 +35,8 @@ def analyse(loaded: LoadedWorkflow) -> Analysis:
     _check_resources(loaded, graph)
     check_metrics(loaded, graph)
     check_recovery(loaded, graph)
-    return Analysis(graph=graph, warnings=check_templates(loaded, graph))
+    warnings = check_rollback(loaded, graph)
+    return Analysis(graph=graph, warnings=[*warnings, *check_templates(loaded, graph)])
 
 
 def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:

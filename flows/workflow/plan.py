@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.backoff import backoff_delays
+from flows.workflow.conditions import rollback_when
 from flows.workflow.dispatch import reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
@@ -42,6 +43,7 @@ class StepPlan:
     limit: int | None  # groups: children at once
     in_order: bool  # groups: children one after another
     approval: bool = False  # waits for an operator's decision (flows/approval.py)
+    health_check: bool = False  # its failure is `health_check_failed` (conditions.py)
     reserves: str | None = None  # leaves: memory / cpu held while it runs (dispatch.py)
     unenforced: tuple[str, ...] = ()
     hooks: dict[str, list[HookPlan]] = field(default_factory=dict)
@@ -70,6 +72,8 @@ class Plan:
     prerequisites: list[HookPlan] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)  # one line per strategy
     log_aggregation: str | None = None  # monitoring.log_aggregation: where each run's JSON lines go
+    rollback_when: str = ""  # conditions of the automatic rollback; empty: it never runs by itself
+    health_checks: bool | list[str] = False  # monitoring.health_checks: before and after the steps
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +88,8 @@ class Plan:
             "hooks": self.hooks,
             "recovery": self.recovery,
             "log_aggregation": self.log_aggregation,
+            "rollback_when": self.rollback_when,
+            "health_checks": self.health_checks,
             "accepted_not_yet_enforced": self.unenforced,
             "warnings": self.warnings,
         }
@@ -159,12 +165,8 @@ def unenforced_step_fields(step: Step) -> list[str]:
 
 
 def unenforced_workflow_fields(spec: Workflow) -> list[str]:
-    found: list[str] = []
-    if spec.monitoring:
-        found += [f"monitoring.{key}" for key in ("health_checks",) if getattr(spec.monitoring, key)]
-    if spec.rollback and spec.rollback.conditions:
-        found.append("rollback.conditions (rollback runs on any failure)")
-    return found
+    """Workflow keys parsed but not acted on (`plan` lists them, a run warns); none at present."""
+    return []
 
 
 def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, parallel: int | None = None) -> Plan:
@@ -200,6 +202,8 @@ def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, paralle
         warnings=list(bound.warnings),
         recovery=strategy_lines(loaded),
         log_aggregation=planned_location(spec),
+        rollback_when=rollback_when(loaded),
+        health_checks=spec.monitoring.health_checks if spec.monitoring else False,
     )
 
 
@@ -243,6 +247,8 @@ def _plan_node(
         limit=graph.group_limit(node.id) if step.is_group else None,
         in_order=step.is_group and not (step.parallel or step.parallel_limit is not None),
         approval=step.manual_approval,
+        health_check=step.health_check
+        or any(graph.nodes[a].step.health_check for a in graph.ancestors(node.id)),
         reserves=None if step.is_group else describe_reservation(graph, node.id),
         unenforced=tuple(unenforced_step_fields(step)),
         hooks={

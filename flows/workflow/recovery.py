@@ -9,37 +9,16 @@ cannot be mapped to something real is a validation error with file:line, never a
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flows.errors import ValidationError
+from flows.workflow.conditions import check_condition, matching
 from flows.workflow.graph import Graph, Hook
 from flows.workflow.load import LoadedWorkflow
-from flows.workflow.report import RunSummary, StepOutcome
 
 if TYPE_CHECKING:
     from flows.workflow.execute import WorkflowRun
     from flows.workflow.notifications import RunNotifier
-
-# What counts as a health check: a step whose name contains this (`health_check`, `api_health`).
-HEALTH_MARK = "health"
-
-
-@dataclass(frozen=True)
-class Condition:
-    meaning: str
-    target: str | None  # what `:NAME` may name: "step" or "prerequisite"; None: takes no name
-
-
-CONDITIONS = {
-    "step_failed": Condition("a step failed (or timed out); `step_failed:NAME`: that step or group", "step"),
-    "step_timed_out": Condition(
-        "a step was killed by its `timeout`; `step_timed_out:NAME`: that one", "step"
-    ),
-    "health_check_failed": Condition(f"a step whose name contains `{HEALTH_MARK}` failed", None),
-    "prerequisite_failed": Condition("a prerequisite failed (exit 2); `:NAME`: that one", "prerequisite"),
-    "run_timed_out": Condition("the run's `--timeout` ran out before every step started", None),
-}
 
 # Actions that are not steps of `recovery.steps`.
 BUILTIN_ACTIONS = {
@@ -72,7 +51,7 @@ def check_recovery(loaded: LoadedWorkflow, graph: Graph) -> None:
                 where=loaded.where(here),
             )
         for n, text in enumerate(strategy.conditions):
-            _check_condition(loaded, graph, prerequisites, text, (*here, "conditions", n))
+            check_condition(loaded, graph, text, (*here, "conditions", n), prerequisites=prerequisites)
         for n, action in enumerate(strategy.actions):
             where = loaded.where((*here, "actions", n))
             if action in steps:
@@ -98,33 +77,6 @@ def check_recovery(loaded: LoadedWorkflow, graph: Graph) -> None:
                 )
 
 
-def _check_condition(
-    loaded: LoadedWorkflow, graph: Graph, prerequisites: set[str], text: str, loc: tuple[Any, ...]
-) -> None:
-    where = loaded.where(loc)
-    kind, _, name = text.partition(":")
-    condition = CONDITIONS.get(kind.strip())
-    if condition is None:
-        hint = difflib.get_close_matches(kind, list(CONDITIONS), n=1)
-        raise ValidationError(
-            f"recovery condition `{text}` is not one the engine can detect (it knows "
-            f"{', '.join(CONDITIONS)})" + (f" — did you mean `{hint[0]}`?" if hint else ""),
-            where=where,
-        )
-    name = name.strip()
-    if name and condition.target is None:
-        raise ValidationError(f"condition `{kind}` takes no `:NAME`", where=where)
-    if condition.target == "step" and name and name not in graph.nodes:
-        raise ValidationError(f"condition `{text}` names `{name}`, which is not a step", where=where)
-    if condition.target == "prerequisite" and name and name not in prerequisites:
-        raise ValidationError(f"condition `{text}` names `{name}`, which is not a prerequisite", where=where)
-    if kind == "health_check_failed" and not any(HEALTH_MARK in n.lower() for n in graph.leaves):
-        raise ValidationError(
-            f"condition `health_check_failed` needs a health check: a step whose name contains `{HEALTH_MARK}`",
-            where=where,
-        )
-
-
 def recovery_steps(loaded: LoadedWorkflow, graph: Graph) -> dict[str, list[Hook]]:
     """Each top-level step of `recovery.steps` by name -> the hooks it runs (a group: all of them)."""
     spec = loaded.spec
@@ -148,29 +100,6 @@ def strategy_lines(loaded: LoadedWorkflow) -> list[str]:
     ]
 
 
-def holds(text: str, summary: RunSummary, graph: Graph, run_timed_out: bool) -> bool:
-    """Whether the condition is true of the finished run."""
-    kind, _, name = text.partition(":")
-    kind, name = kind.strip(), name.strip()
-    main = [s for s in summary.steps if s.section == "steps"]
-    if kind == "prerequisite_failed":
-        return any(
-            s.failed and (not name or s.step == name) for s in summary.steps if s.section == "prerequisites"
-        )
-    if kind == "run_timed_out":
-        return run_timed_out
-    if kind == "health_check_failed":
-        return any(s.failed and HEALTH_MARK in s.step.lower() for s in main)
-    wanted = set(graph.leaves_under(name)) | {name} if name else None
-
-    def matches(outcome: StepOutcome) -> bool:
-        return wanted is None or outcome.step in wanted
-
-    if kind == "step_timed_out":
-        return any(s.state == "TimedOut" and matches(s) for s in main)
-    return any(s.failed and matches(s) for s in main)
-
-
 def recover(run: WorkflowRun, notifier: RunNotifier) -> list[dict[str, Any]]:
     """Evaluate every strategy against the run so far and perform the actions of those that hold.
 
@@ -182,7 +111,7 @@ def recover(run: WorkflowRun, notifier: RunNotifier) -> list[dict[str, Any]]:
     fired: list[dict[str, Any]] = []
     rolled_back = any(s.section == "rollback" for s in run.summary.steps)
     for strategy in spec.recovery.strategies:
-        matched = [c for c in strategy.conditions if holds(c, run.summary, run.graph, run.timed_out)]
+        matched = matching(strategy.conditions, run.summary, run.graph, run.timed_out)
         if not matched:
             continue
         run.logger.warning(

@@ -24,9 +24,11 @@ from flows.workflow import logship
 from flows.workflow import plan as planning
 from flows.workflow import state as workflow_state
 from flows.workflow.check import analyse
+from flows.workflow.conditions import HEALTH_SECTION, matching
 from flows.workflow.dispatch import Dispatcher
 from flows.workflow.execute import TIMEOUT_REASON, WorkflowRun
 from flows.workflow.graph import Graph, Hook
+from flows.workflow.health_gate import run_health_checks
 from flows.workflow.load import LoadedWorkflow, load_workflow
 from flows.workflow.notifications import RunNotifier
 from flows.workflow.params import bind
@@ -160,7 +162,12 @@ def _run(
     )
     run.recorder = recorder
 
+    health_checks = bool(loaded.spec.monitoring and loaded.spec.monitoring.health_checks)
     unmet = _unmet_prerequisite(run)
+    if unmet is None and health_checks:
+        before = run_health_checks(run, "before")
+        if before.failed:
+            unmet = f"health checks before the steps: {before.reason}"
     if unmet:
         run.logger.error(unmet)
         recover(run, notifier)
@@ -177,11 +184,10 @@ def _run(
         workflow_state.restore(run, dispatcher, resume_from)
     run.run_steps(dispatcher)
     failed = [s for s in summary.steps if s.failed and s.section == "steps"]
-    if failed or run.timed_out:
+    unhealthy = health_checks and run_health_checks(run, "after").failed
+    if failed or run.timed_out or unhealthy:
         run.compensate([s.step for s in failed])
-        if loaded.spec.rollback and loaded.spec.rollback.enabled and loaded.spec.rollback.automatic:
-            run.run_hooks(graph.sections["rollback"], "rollback")
-            notifier.emit("rolled_back", failed=[s.step for s in failed])
+        _automatic_rollback(run, notifier, [s.step for s in failed])
         run.run_hooks(graph.sections["on_failure"], "on_failure")
         recover(run, notifier)
         run.run_hooks(graph.sections["post_failure"], "post_execution.failure")
@@ -190,9 +196,12 @@ def _run(
         run.run_hooks(graph.sections["post_success"], "post_execution.success")
     # The table reads in plan order: prerequisites, steps as written, then hooks as they ran.
     order = {node_id: i for i, node_id in enumerate(graph.nodes)}
-    sections = {"prerequisites": 0, "steps": 1}
+    sections = {"prerequisites": 0, "health_checks:before": 1, "steps": 2, "health_checks:after": 3}
     summary.steps.sort(
-        key=lambda s: (sections.get(s.section, 2), order.get(s.step, 0) if s.section == "steps" else 0)
+        key=lambda s: (
+            sections.get(s.step if s.section == HEALTH_SECTION else s.section, 4),
+            order.get(s.step, 0) if s.section == "steps" else 0,
+        )
     )
     state = _finish(summary, failed_main=[s.step for s in failed], timed_out=run.timed_out)
     return _notified(notifier, state, summary, loaded, graph)
@@ -214,6 +223,24 @@ def _notified(
     return state
 
 
+def _automatic_rollback(run: WorkflowRun, notifier: RunNotifier, failed: list[str]) -> None:
+    """Run `rollback.steps` when the rollback is automatic and one of its conditions holds
+    (no conditions: any failure); otherwise say why it did not run."""
+    rollback = run.loaded.spec.rollback
+    if not (rollback and rollback.enabled and rollback.automatic):
+        return
+    if rollback.conditions:
+        held = matching(rollback.conditions, run.summary, run.graph, run.timed_out)
+        if not held:
+            run.logger.warning(
+                f"rollback not run: none of its conditions held ({', '.join(rollback.conditions)})"
+            )
+            return
+        run.logger.warning(f"rolling back: {', '.join(held)}")
+    run.run_hooks(run.graph.sections["rollback"], "rollback")
+    notifier.emit("rolled_back", failed=failed)
+
+
 def _unmet_prerequisite(run: WorkflowRun) -> str | None:
     """Run the prerequisites in order; the message of the first that fails, if any."""
     spec = run.loaded.spec
@@ -230,14 +257,16 @@ def _finish(
     summary: RunSummary, failed_main: list[str], unmet: str | None = None, timed_out: bool = False
 ) -> State:
     summary.finished = time.time()
-    hook_failures = [s.step for s in summary.steps if s.failed and s.section != "steps"]
+    hook_failures = [s.step for s in summary.steps if s.failed and s.section not in ("steps", HEALTH_SECTION)]
+    unhealthy = [s for s in summary.steps if s.failed and s.section == HEALTH_SECTION]
     if unmet:
         summary.state, summary.exit_code, summary.message = "Failed", DependencyError.exit_code, unmet
-    elif failed_main or hook_failures or timed_out:
+    elif failed_main or hook_failures or timed_out or unhealthy:
         summary.state, summary.exit_code = "Failed", StepFailure.exit_code
         parts = [TIMEOUT_REASON.removeprefix("not started: ")] if timed_out else []
         if failed_main:
             parts.append(f"failed: {', '.join(failed_main)}")
+        parts += [f"health checks {s.step.partition(':')[2]} the steps: {s.reason}" for s in unhealthy]
         if hook_failures:
             parts.append(f"hooks failed: {', '.join(hook_failures)}")
         summary.message = "; ".join(parts)

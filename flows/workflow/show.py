@@ -24,6 +24,16 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
     if plan.prerequisites:
         lines.append("prerequisites (exit 2 if one fails):")
         lines.extend(_hook_lines(plan.prerequisites, "  "))
+    if plan.health_checks:
+        which = (
+            f"health checks {', '.join(plan.health_checks)} (each required)"
+            if isinstance(plan.health_checks, list)
+            else "health checks (`health check`)"
+        )
+        lines.append(
+            f"{which}, environment {plan.environment}: before the steps (unhealthy: exit 2) "
+            "and after them (unhealthy: health_check_failed)"
+        )
     for step in plan.steps:
         indent = "  " * (step.depth + 1)
         facts = []
@@ -43,6 +53,8 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
             facts.append(f"reserves {step.reserves}")
         if step.approval:
             facts.append("waits for approval (`approve RUN`)")
+        if step.health_check and step.kind != "group":
+            facts.append("health check")
         if step.decided_at_run:
             facts.append("condition decided at run time (reads step outputs)")
         status = f"SKIP ({step.skip})" if step.skip else ""
@@ -57,7 +69,8 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
             lines.append(f"{indent}  {section}:")
             lines.extend(_hook_lines(hooks, indent + "    "))
     for section, hooks in plan.hooks.items():
-        lines.append(f"{section.replace('post_', 'post_execution.').replace('_', ' ')}:")
+        when = f" (when {plan.rollback_when})" if section == "rollback" and plan.rollback_when else ""
+        lines.append(f"{section.replace('post_', 'post_execution.').replace('_', ' ')}{when}:")
         lines.extend(_hook_lines(hooks, "  "))
     if plan.recovery:
         lines.append("recovery strategies (at the end of a failed run):")

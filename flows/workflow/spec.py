@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from flows.workflow.units import parse_cpu, parse_duration, parse_memory
 
@@ -266,6 +274,12 @@ class Step(Model):
     manual_approval: bool = Field(
         False, examples=[True], description="Wait for an operator's approval before running."
     )
+    health_check: bool = Field(
+        False,
+        examples=[True],
+        description="This step (a group: each of its steps) checks health: its failure is the "
+        "condition `health_check_failed` of `rollback.conditions` and `recovery`.",
+    )
     idempotent: bool | None = Field(None, examples=[True], description="Declares the step safe to run again.")
     atomic: bool = Field(
         False,
@@ -374,8 +388,9 @@ class Rollback(Model):
     conditions: StrList = Field(
         default_factory=list,
         examples=[["health_check_failed"]],
-        description="Named outcomes that trigger rollback (`step_failed`, `deployment_timeout`, "
-        "`health_check_failed`); empty means any failure.",
+        description="Outcomes that trigger the automatic rollback, any one is enough (the same as "
+        "`recovery` conditions: `step_failed[:STEP]`, `step_timed_out[:STEP]`, `health_check_failed`, "
+        "`run_timed_out`, `deployment_timeout`); empty means any failure.",
     )
     steps: Annotated[list[Step], BeforeValidator(_none_as_empty)] = Field(
         default_factory=list,
@@ -412,7 +427,8 @@ class RecoveryStrategy(Model):
         default_factory=list,
         examples=[["step_failed:deploy_api", "health_check_failed"]],
         description="Outcomes that trigger it, any one is enough: `step_failed[:STEP]`, "
-        "`step_timed_out[:STEP]`, `health_check_failed`, `prerequisite_failed[:NAME]`, `run_timed_out`.",
+        "`step_timed_out[:STEP]`, `health_check_failed`, `prerequisite_failed[:NAME]`, `run_timed_out`, "
+        "`deployment_timeout`.",
     )
     actions: StrList = Field(
         default_factory=list,
@@ -502,7 +518,15 @@ class Monitoring(Model):
         examples=[[{"condition": "deployment_duration > 1800"}]],
         description="Alerts evaluated at the end of the run.",
     )
-    health_checks: bool = Field(False, examples=[True], description="Run health checks around the run.")
+    health_checks: (
+        bool | list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]]
+    ) = Field(
+        False,
+        examples=[True, ["redis", "disk"]],
+        description="Run opsflow's health checks (those of `health check` in the run's environment; "
+        "a list: only these checks or kinds, each required) before the steps — unhealthy: nothing "
+        "runs, exit 2 — and after them — unhealthy: the run fails with `health_check_failed`.",
+    )
     metrics_collection: bool = Field(False, examples=[True], description="Collect metrics for the run.")
     log_aggregation: bool = Field(
         False,

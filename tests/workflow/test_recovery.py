@@ -8,7 +8,7 @@ import pytest
 
 from flows.batch import main
 
-from ..conftest import FIXTURES, SAMPLES
+from ..conftest import FIXTURES, SAMPLES, mark_health_check
 
 RECOVERY_STEPS = """
   steps:
@@ -29,6 +29,7 @@ steps:
   - name: deploy
     command: "true"
   - name: api_health
+    health_check: true
     command: "true"
 {extra}recovery:
   strategies:
@@ -40,22 +41,22 @@ steps:
     [
         (
             '    - name: s\n      conditions: ["service_down"]\n      actions: [restart_service]\n',
-            10,
+            11,
             "recovery condition `service_down` is not one the engine can detect",
         ),
         (
             '    - name: s\n      conditions: ["step_failed"]\n      actions:\n        - restart_servce\n',
-            12,
+            13,
             "did you mean `restart_service`",
         ),
         (
             '    - name: s\n      conditions: ["step_failed:deploy_db"]\n      actions: [restart_service]\n',
-            10,
+            11,
             "names `deploy_db`, which is not a step",
         ),
         (
             '    - name: s\n      conditions: ["step_timed_out"]\n      actions: [rollback]\n',
-            11,
+            12,
             "action `rollback` needs an enabled `rollback` section",
         ),
     ],
@@ -74,10 +75,13 @@ def test_health_check_failed_needs_a_health_check_step(write_workflow, tmp_path,
     text = workflow(
         tmp_path / "log",
         "    - name: s\n      conditions: [health_check_failed]\n      actions: [restart_service]\n",
-    ).replace("api_health", "api_probe")
+    ).replace("    health_check: true\n", "")
     path = write_workflow(text)
     assert validate(path) == 3
-    assert "a step whose name contains `health`" in capsys.readouterr().err
+    assert "mark the step that checks health with `health_check: true`" in capsys.readouterr().err
+    # A step's name does not make it a health check; the marker (or monitoring.health_checks) does.
+    path.write_text(text + "monitoring:\n  health_checks: true\n")
+    assert validate(path) == 0
 
 
 def test_recovery_step_may_not_hide_a_builtin(write_workflow, tmp_path, capsys):
@@ -87,7 +91,7 @@ def test_recovery_step_may_not_hide_a_builtin(write_workflow, tmp_path, capsys):
     path = write_workflow(text.replace("name: restart_service", "name: notify"))
     assert validate(path) == 3
     assert (
-        f"{path}:14: a step of `recovery.steps` needs a name other than a built-in" in capsys.readouterr().err
+        f"{path}:15: a step of `recovery.steps` needs a name other than a built-in" in capsys.readouterr().err
     )
 
 
@@ -97,6 +101,34 @@ def test_seed_recovery_example_is_refused_where_it_cannot_be_mapped(capsys):
     path = FIXTURES / "seed001" / "error-handling.yaml"
     assert validate(path) == 3
     assert f"{path}:37: recovery condition `service_down`" in capsys.readouterr().err
+
+
+def test_seed_rollback_example_is_refused_until_it_names_its_health_check(tmp_path, capsys):
+    # seed 001's advanced deployment rolls back on `health_check_failed` but marks no step as
+    # the health check; marking the green environment's test makes it valid as written.
+    path = FIXTURES / "seed001" / "advanced-deployment.yaml"
+    assert validate(path) == 3
+    assert f"{path}:67: condition `health_check_failed` needs a health check" in capsys.readouterr().err
+    marked = tmp_path / "advanced-deployment.yaml"
+    marked.write_text(mark_health_check(path.read_text()))
+    assert validate(marked) == 0
+
+
+def test_rollback_conditions_are_validated(write_workflow, tmp_path, capsys):
+    base = "name: r\nsteps:\n  - name: a\n    command: 'true'\nrollback:\n  conditions: [{c}]\n  steps:\n    - command: 'true'\n"
+    for condition, message in [
+        ("prerequisite_failed", "rollback condition `prerequisite_failed` cannot trigger a rollback"),
+        ("deploy_timeout", "did you mean `deployment_timeout`"),
+        ("step_failed:b", "names `b`, which is not a step"),
+    ]:
+        path = write_workflow(base.format(c=condition))
+        assert validate(path) == 3
+        assert f"{path}:6: " in (err := capsys.readouterr().err) and message in err, err
+    path = write_workflow(
+        base.format(c="deployment_timeout").replace("rollback:\n", "rollback:\n  automatic: false\n")
+    )
+    assert validate(path) == 0
+    assert "`rollback.conditions` have no effect: the rollback is not automatic" in capsys.readouterr().err
 
 
 def test_samples_with_recovery_validate(capsys):
@@ -163,6 +195,7 @@ parameters:
     default: "5"
 steps:
   - name: api_health
+    health_check: true
     timeout: 0.5s
     command: sleep {{{{ .nap }}}}
 recovery:
