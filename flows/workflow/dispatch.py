@@ -7,14 +7,19 @@ asks a `Dispatcher` after every completion.
 Resources (`resource_limits.memory_limit` / `cpu_limit`) are reservations counted here too,
 not Prefect global concurrency limits: those are slots on the server, shared by every run
 and created out of band, and a task waiting for a slot would already hold a worker thread.
-Counting in the dispatcher keeps the decision in one pure, unit-tested place; the limits
-hold within one run, not across runs. A leaf reserves its own `resources`, each of
-`memory` and `cpu` falling back to the nearest enclosing group's `resource_requirements`
-(a default for *each* child, not a budget shared by the group). A leaf starts only when its
-reservation fits beside those of the running leaves; a leaf that does not fit may be passed
-by a smaller one further down the queue (the workflow is finite, so it waits, never starves);
-and a leaf always starts when nothing is running, so a reservation larger than the limit
-(refused by `validate`, but possible without it) cannot deadlock the run.
+Counting in the dispatcher keeps the decision in one pure, unit-tested place. Runs that
+share the limits (`resource_limits.shared`) also hold the same reservations from Prefect
+global concurrency limits, each step while its command runs (pools.py): this count keeps
+one run's steps within the limits, those keep all the sharing runs together.
+
+A leaf reserves its own `resources`, each of `memory` and `cpu` falling back to the nearest
+enclosing group's `resource_requirements` (a default for *each* child, not a budget shared
+by the group). A leaf starts only when its reservation fits beside those of the running
+leaves; a leaf that does not fit may be passed by a smaller one further down the queue (the
+workflow is finite, so it waits, never starves); and a leaf always starts when nothing is
+running, so a reservation larger than the limit (refused by `validate`, but possible
+without it) cannot deadlock the run. A leaf held back for room is reported once
+(`take_waits`), saying what it needs and who holds the rest.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from enum import StrEnum
 
 from flows.workflow.graph import Graph
 from flows.workflow.spec import Resources
+from flows.workflow.units import format_cpu, format_memory
 
 
 class Outcome(StrEnum):
@@ -97,6 +103,8 @@ class Dispatcher:
             for leaf in graph.leaves
         }
         self._leaves_under = {n: graph.leaves_under(n) for n in graph.nodes}
+        self._waits_told: set[str] = set()
+        self._new_waits: list[str] = []
 
     @property
     def done(self) -> bool:
@@ -119,7 +127,12 @@ class Dispatcher:
         for leaf in candidates:
             if self.limit is not None and len(self.running) >= self.limit:
                 break
-            if not self._group_room(leaf) or not self._fits(leaf):
+            if not self._group_room(leaf):
+                continue
+            if not self._fits(leaf):
+                if leaf not in self._waits_told:
+                    self._waits_told.add(leaf)
+                    self._new_waits.append(self._waiting_line(leaf))
                 continue
             self.pending.remove(leaf)
             self.running.add(leaf)
@@ -176,6 +189,30 @@ class Dispatcher:
             if held + amount > limit * (1 + 1e-9):  # 0.1 + 0.2 CPUs fit in 0.3
                 return False
         return True
+
+    def take_waits(self) -> list[str]:
+        """One line for each leaf newly held back because its reservation does not fit."""
+        lines, self._new_waits = self._new_waits, []
+        return lines
+
+    def _waiting_line(self, leaf: str) -> str:
+        """e.g. `b` waits for room: needs 600Mi memory; 600Mi of 1Gi reserved by `a`."""
+        wanted = self.reservations[leaf]
+        parts = []
+        for kind, limit, show in (
+            ("memory", self.memory_limit, format_memory),
+            ("cpu", self.cpu_limit, format_cpu),
+        ):
+            amount = getattr(wanted, kind)
+            holders = sorted(r for r in self.running if getattr(self.reservations[r], kind))
+            held = sum(getattr(self.reservations[r], kind) for r in holders)
+            if limit is None or amount is None or held + amount <= limit * (1 + 1e-9):
+                continue
+            names = ", ".join(f"`{r}`" for r in holders[:5]) + (
+                f" and {len(holders) - 5} more" if len(holders) > 5 else ""
+            )
+            parts.append(f"needs {show(amount)} {kind}; {show(held)} of {show(limit)} reserved by {names}")
+        return f"`{leaf}` waits for room: " + "; ".join(parts)
 
     def _block_unreachable(self) -> None:
         """A leaf whose dependency failed or did not run can never start: settle it as not run."""

@@ -26,6 +26,7 @@ from flows.workflow.dispatch import Dispatcher, Outcome, reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.notifications import RunNotifier
+from flows.workflow.pools import Claim, SharedPool, declare
 from flows.workflow.report import RunSummary, StepOutcome, notify
 from flows.workflow.spec import Step
 from flows.workflow.state import Recorder
@@ -69,6 +70,7 @@ class WorkflowRun:
         self.awaiting_approval: list[str] = []  # started by the dispatcher, waiting for a decision
         self.notifier = notifier  # the run's: requires_approval goes where started/failed go
         self.recorder = Recorder(summary.workflow_id, self.logger, enabled=False)  # run.py sets the real one
+        self.pool = SharedPool.of(loaded.spec.resource_limits)  # limits shared with other runs
 
     # -- one step --------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -103,6 +105,10 @@ class WorkflowRun:
             retry_condition_fn=retry_unless_final,
         )
         notify("started", step_id)
+        shared = None
+        if node is not None and self.pool is not None:
+            slots = self.pool.slots(reservation_of(self.graph, node.id))
+            shared = Claim(self.pool, slots) if slots else None
         return options, {
             "step_id": step_id,
             "command": command,
@@ -116,6 +122,7 @@ class WorkflowRun:
             "memory": reservation_of(self.graph, node.id).memory
             if node is not None
             else (step.resources.memory if step.resources else None),
+            "shared": shared,
         }
 
     def settle(self, step_id: str, state: State, section: str) -> StepOutcome:
@@ -172,7 +179,7 @@ class WorkflowRun:
 
     def start_ready(self, dispatcher: Dispatcher, running: dict[PrefectFuture, Pending]) -> None:
         """Start every step that may start; skipping frees slots, so ask again until none."""
-        while batch := dispatcher.ready():
+        while batch := self.ready(dispatcher):
             for leaf in batch:
                 if leaf in dispatcher.settled:  # skipped with its group earlier in this batch
                     continue
@@ -194,8 +201,16 @@ class WorkflowRun:
                     dispatcher.finish(leaf, Outcome.FAILED, str(exc))
                     self.summary.add(StepOutcome(leaf, "Failed", reason=str(exc)))
 
+    def ready(self, dispatcher: Dispatcher) -> list[str]:
+        batch = dispatcher.ready()
+        for line in dispatcher.take_waits():
+            self.logger.info(line)
+        return batch
+
     def run_steps(self, dispatcher: Dispatcher) -> None:
         running: dict[PrefectFuture, Pending] = {}
+        if self.pool is not None:
+            declare(self.pool, self.logger)
         while not dispatcher.done:
             if self.deadline is not None and time.time() >= self.deadline and not dispatcher.stopped:
                 self.timed_out = True

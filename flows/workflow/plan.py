@@ -17,6 +17,7 @@ from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.logship import planned_location
 from flows.workflow.params import Bound
+from flows.workflow.pools import describe_limits
 from flows.workflow.recovery import strategy_lines
 from flows.workflow.spec import Retry, Step, Workflow
 from flows.workflow.template import compile_template
@@ -71,6 +72,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     prerequisites: list[HookPlan] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)  # one line per strategy
+    resources: str = ""  # memory / cpu limits, and whether runs share them (pools.py)
     log_aggregation: str | None = None  # monitoring.log_aggregation: where each run's JSON lines go
     rollback_when: str = ""  # conditions of the automatic rollback; empty: it never runs by itself
     health_checks: bool | list[str] = False  # monitoring.health_checks: before and after the steps
@@ -82,6 +84,7 @@ class Plan:
             "parameters": self.parameters,
             "parallel": self.parallel,
             "strategy": self.strategy,
+            "resources": self.resources,
             "steps": [
                 s.__dict__ | {"depends_on": list(s.depends_on), "delays": list(s.delays)} for s in self.steps
             ],
@@ -201,6 +204,7 @@ def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, paralle
         unenforced=unenforced,
         warnings=list(bound.warnings),
         recovery=strategy_lines(loaded),
+        resources=describe_limits(spec.resource_limits),
         log_aggregation=planned_location(spec),
         rollback_when=rollback_when(loaded),
         health_checks=spec.monitoring.health_checks if spec.monitoring else False,

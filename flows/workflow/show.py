@@ -16,6 +16,8 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
         f"{'Dry run of' if dry_run else 'Plan for'} {plan.workflow} — environment {plan.environment}, "
         f"up to {plan.parallel} step(s) at once, on failure: {plan.strategy}",
     ]
+    if plan.resources:
+        lines.append(f"resources: {plan.resources}")
     if plan.parameters:
         shown = ", ".join(
             f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in plan.parameters.items()

@@ -470,7 +470,7 @@ class CircuitBreaker(Model):
 
 
 class ResourceLimits(Model):
-    """Limits on the whole run."""
+    """Limits on the whole run (with `shared`: on every run that names the same pool)."""
 
     max_parallel: int | None = Field(
         None, ge=1, examples=[5], description="Most steps running at once in the whole run."
@@ -479,6 +479,27 @@ class ResourceLimits(Model):
         None, examples=["2Gi"], description="Total memory running steps may reserve."
     )
     cpu_limit: Cpu | None = Field(None, examples=["4"], description="Total CPU running steps may reserve.")
+    shared: str | None = Field(
+        None,
+        examples=["build-host-1"],
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$",
+        description="Name of a pool that `memory_limit` and `cpu_limit` bound for every run, of any "
+        "workflow, naming the same pool on the same Prefect server (name it after the machine its "
+        "runs share), not for this run alone: a step then also holds its `resources` from the "
+        "Prefect global concurrency limits `opsflow-memory-NAME` (1 slot = 1Mi) and "
+        "`opsflow-cpu-NAME` (1 slot = 1m), and waits, logging why, until they have room. Each run "
+        "sets the pool's size to the limits it declares (a different size is changed and logged as "
+        "a warning: workflows sharing a pool should declare the same limits). A step larger than "
+        "the pool takes all of it. Slots are released when the step ends, fails or times out, and, "
+        "when the run is killed outright, by the Prefect server once their 60 s lease lapses "
+        "(about 75 s). `max_parallel` stays per run.",
+    )
+
+    @model_validator(mode="after")
+    def _shared_needs_a_limit(self) -> ResourceLimits:
+        if self.shared is not None and self.memory_limit is None and self.cpu_limit is None:
+            raise ValueError("`shared` pools memory and CPU: give `memory_limit` and/or `cpu_limit` too")
+        return self
 
 
 class Notifications(Model):

@@ -20,6 +20,8 @@ from prefect.runtime import task_run as current_task_run
 from prefect.states import Completed, State
 
 from flows.workflow import logship
+from flows.workflow.pools import Claim, PoolWaitEnded, hold
+from flows.workflow.pools import stopping as pools_stopping
 from flows.workflow.shell import CommandResult, run_command, terminate_all
 from flows.workflow.steplog import StepLog
 from flows.workflow.units import format_duration, format_memory
@@ -112,17 +114,39 @@ def run_step(
     before_retry: Callable[[], None] | None = None,
     deadline: float | None = None,
     memory: int | None = None,
+    shared: Claim | None = None,
 ) -> dict[str, Any]:
     """Run one command; its lines go to the run log, a failure raises so Prefect retries.
 
     `deadline` (epoch seconds) is the whole run's `--timeout`: every attempt, retries
     included, gets at most what is left of it. `memory` (bytes) is the step's reservation,
-    held as its processes' RLIMIT_AS.
+    held as its processes' RLIMIT_AS. `shared`: the reservation's slots in the pool the run
+    shares with other runs (pools.py), held by each attempt while its command runs.
     """
     logger = get_run_logger()
     attempt = current_task_run.run_count or 1
     if attempt > 1 and before_retry is not None:
         before_retry()
+    with contextlib.ExitStack() as room:
+        if shared is not None:
+            try:
+                room.enter_context(hold(shared, step_id, logger, deadline))
+            except PoolWaitEnded as ended:
+                raise CommandFailed(step_id, -1, ended.timed_out, attempt, 0.0, reason=str(ended)) from None
+        return _run_attempt(step_id, command, shell, timeout, env, deadline, memory, attempt, logger)
+
+
+def _run_attempt(
+    step_id: str,
+    command: str,
+    shell: str | None,
+    timeout: float | None,
+    env: dict[str, str] | None,
+    deadline: float | None,
+    memory: int | None,
+    attempt: int,
+    logger: Any,
+) -> dict[str, Any]:
     capped = False
     if deadline is not None:
         left = deadline - time.time()
@@ -193,8 +217,10 @@ def stop_commands_on_signals() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    pools_stopping.clear()
 
     def handler(signum: int, frame: Any) -> None:
+        pools_stopping.set()  # steps waiting for a shared pool give up too
         terminate_all()
         before = previous[signum]
         if callable(before):

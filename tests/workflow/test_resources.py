@@ -57,6 +57,25 @@ def test_steps_that_fit_start_together_and_the_rest_wait():
     assert dispatcher.ready() == ["b"]
 
 
+def test_a_step_held_back_for_room_is_told_once_with_what_it_needs_and_who_holds_it():
+    graph = _graph(_parallel(("a", "600Mi", "1"), ("b", "600Mi", "0.5"), ("c", "300Mi", None)))
+    dispatcher = Dispatcher(graph, limit=3, memory_limit=1024 * MI, cpu_limit=1.25)
+    assert dispatcher.ready() == ["a", "c"]
+    assert dispatcher.take_waits() == [
+        "`b` waits for room: needs 600Mi memory; 600Mi of 1Gi reserved by `a`; "
+        "needs 0.5 cpu; 1 of 1.25 reserved by `a`"
+    ]
+    assert dispatcher.ready() == [] and dispatcher.take_waits() == []  # once per step
+    dispatcher.finish("a", Outcome.COMPLETED)
+    assert dispatcher.ready() == ["b"] and dispatcher.take_waits() == []
+
+
+def test_a_step_held_back_by_max_parallel_is_not_said_to_wait_for_room():
+    graph = _graph(_parallel(("a", "100Mi", None), ("b", "100Mi", None)))
+    dispatcher = Dispatcher(graph, limit=1, memory_limit=1024 * MI)
+    assert dispatcher.ready() == ["a"] and dispatcher.take_waits() == []
+
+
 def test_cpu_limit_counts_cores():
     graph = _graph(_parallel(("a", None, "0.5"), ("b", None, "500m"), ("c", None, "0.1")))
     dispatcher = Dispatcher(graph, cpu_limit=1.0)
