@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import State
 
 from flows.errors import OpsflowError
+from flows.maintenance.record import scrub_text
 from flows.workflow import breaker
 from flows.workflow import plan as planning
 from flows.workflow.dispatch import Dispatcher, Outcome, reservation_of
@@ -70,6 +72,7 @@ class WorkflowRun:
         self.awaiting_approval: list[str] = []  # started by the dispatcher, waiting for a decision
         self.notifier = notifier  # the run's: requires_approval goes where started/failed go
         self.recorder = Recorder(summary.workflow_id, self.logger, enabled=False)  # run.py sets the real one
+        self.mask: Callable[[str], str] = scrub_text  # run.py adds the secret parameters (masking.py)
         self.pool = SharedPool.of(loaded.spec.resource_limits)  # limits shared with other runs
 
     # -- one step --------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class WorkflowRun:
             "shell": step.shell,
             "timeout": timeout,
             "env": {**self.env, "OPSFLOW_STEP": step_id},
+            "mask": self.mask,
             "before_retry": (lambda: self.run_hooks(on_retry, f"{step_id}.on_retry")) if on_retry else None,
             # hooks (rollback, on_failure...) get their own time even after the run's deadline
             "deadline": self.deadline if node is not None else None,

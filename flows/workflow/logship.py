@@ -27,27 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pydantic import SecretStr
-
-from flows.maintenance.record import safe_parameters
+from flows.maintenance.record import safe_parameters, scrub_text
+from flows.workflow.masking import Masker
 from flows.workflow.report import RunSummary, StepOutcome, listeners
 from flows.workflow.spec import Workflow
 
-MASKED = "**********"  # what the records write for a secret (state.MASKED)
 LineSink = Callable[[str, str], None]
 
 _LEVELS = {"Failed": "ERROR", "TimedOut": "ERROR", "NotRun": "WARNING"}
-# record.scrub_text's rule (user:PASSWORD@ in a URL -> ***) with the scheme bounded: its open
-# `[a-z][a-z0-9+.-]*` rescans a long word from every letter, so one 20 kB line of output took
-# seconds; no scheme is 32 characters long.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]{0,31}://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<at>@)", re.I)
-
-
-def scrub_urls(text: str) -> str:
-    """`text` with passwords inside URLs replaced by ***."""
-    if "://" not in text:
-        return text
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
 
 
 def enabled(spec: Workflow) -> bool:
@@ -78,37 +65,6 @@ def planned_location(spec: Workflow) -> str | None:
 
 
 # -- pure: masking and records ----------------------------------------------------------------
-class Masker:
-    """Replaces every secret value with `**********`, and passwords in URLs with `***`."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        # longest first, so a secret that contains another is masked whole
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    @classmethod
-    def for_parameters(cls, parameters: Mapping[str, Any]) -> Masker:
-        """The values the records mask (`safe_parameters`), in every form a command may print."""
-        safe = safe_parameters(dict(parameters))
-        secrets: list[str] = []
-        for name, value in parameters.items():
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            elif safe.get(name) != MASKED or isinstance(value, bool):
-                continue
-            if isinstance(value, list | tuple):
-                items = [str(v) for v in value]
-                secrets += [*items, ",".join(items), " ".join(items), json.dumps(list(value))]
-            elif isinstance(value, dict):
-                secrets.append(json.dumps(value))
-            elif value is not None:
-                secrets.append(str(value))
-        return cls(secrets)
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, MASKED)
-        return scrub_urls(text)
 
 
 @dataclass(frozen=True)
@@ -135,7 +91,7 @@ def build_record(
     level: str = "INFO",
     step: str | None = None,
     attempt: int | None = None,
-    mask: Callable[[str], str] = scrub_urls,
+    mask: Callable[[str], str] = scrub_text,
     **fields: Any,
 ) -> dict[str, Any]:
     """One line of the file. `stream`: stdout, stderr or event; `fields`: an event's extras

@@ -30,6 +30,7 @@ from flows.workflow.execute import TIMEOUT_REASON, WorkflowRun
 from flows.workflow.graph import Graph, Hook
 from flows.workflow.health_gate import run_health_checks
 from flows.workflow.load import LoadedWorkflow, load_workflow
+from flows.workflow.masking import Masker
 from flows.workflow.notifications import RunNotifier
 from flows.workflow.params import bind
 from flows.workflow.recovery import recover
@@ -161,6 +162,7 @@ def _run(
         notifier,
     )
     run.recorder = recorder
+    run.mask = Masker.for_parameters(bound.parameters)
 
     health_checks = bool(loaded.spec.monitoring and loaded.spec.monitoring.health_checks)
     unmet = _unmet_prerequisite(run)

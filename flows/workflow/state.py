@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from flows.errors import OpsflowError
 from flows.maintenance.record import safe_parameters
 from flows.workflow.dispatch import Outcome
+from flows.workflow.masking import MASKED
 from flows.workflow.report import RunSummary, StepOutcome
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 #: Captured output kept per step; longer output is cut (and then not restorable as is).
 OUTPUT_CAP = 64 * 1024
-MASKED = "**********"
 
 _active: dict[str, Recorder] = {}  # by flow run id, so `_finish` can close the run's record
 _active_lock = threading.Lock()

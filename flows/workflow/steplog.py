@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,8 +25,14 @@ def logs_dir() -> Path:
 
 
 class StepLog:
-    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any], step_id: str) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        step_id: str,
+        mask: Callable[[str], str] = lambda text: text,
+    ) -> None:
         self.logger = logger
+        self.mask = mask  # secrets out before a line is logged or spooled (masking.py)
         self.step_id = step_id
         self.count = 0
         self.head: list[str] = []
@@ -37,6 +44,7 @@ class StepLog:
         return self
 
     def line(self, stream: str, text: str) -> None:
+        text = self.mask(text)
         text = text if stream == "stdout" else f"stderr| {text}"
         self.count += 1
         if self.count <= HEAD:
