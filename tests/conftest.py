@@ -19,6 +19,7 @@ os.environ.pop("PREFECT_API_URL", None)
 # Records (and anything else opsflow keeps in its home) go to a throwaway directory.
 os.environ["OPSFLOW_HOME"] = tempfile.mkdtemp(prefix="opsflow-test-home-")
 os.environ.pop("OPSFLOW_DATABASE_URL", None)
+os.environ.pop("OPSFLOW_LOG_AGGREGATION_DIR", None)  # a developer's own would leak into tests
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_OK, OpsflowError
 # The scheme is bounded (no scheme is 32 characters long): an open `[a-z][a-z0-9+.-]*` rescans a
 # long word from each of its letters, and one 20 kB line of a step's output took seconds.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]{0,31}://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<at>@)", re.I)
+MASKED = "**********"  # what records, logs and artifacts show instead of a secret
 _SECRET_NAMES = re.compile(r"password|secret|token|api_?key|credential", re.I)
 
 
@@ -86,9 +87,9 @@ def safe_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if isinstance(value, SecretStr):
-            safe[key] = scrub_text(value.get_secret_value()) if key.endswith("_url") else "**********"
+            safe[key] = scrub_text(value.get_secret_value()) if key.endswith("_url") else MASKED
         elif _SECRET_NAMES.search(key):
-            safe[key] = "**********"
+            safe[key] = MASKED
         elif isinstance(value, str):
             safe[key] = scrub_text(value)
         elif isinstance(value, list | tuple):

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from flows.errors import ValidationError
-from flows.workflow.conditions import check_rollback
+from flows.workflow.conditions import check_health_marks, check_rollback
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.metrics import check_metrics
@@ -35,6 +35,7 @@ def analyse(loaded: LoadedWorkflow) -> Analysis:
     _check_resources(loaded, graph)
     check_metrics(loaded, graph)
     check_recovery(loaded, graph)
+    check_health_marks(loaded, graph)
     warnings = check_rollback(loaded, graph)
     return Analysis(graph=graph, warnings=[*warnings, *check_templates(loaded, graph)])
 

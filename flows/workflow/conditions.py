@@ -35,7 +35,8 @@ CONDITIONS = {
         "a step was killed by its `timeout`; `step_timed_out:NAME`: that one", "step"
     ),
     "health_check_failed": Condition(
-        "a step marked `health_check: true` failed, or a check of `monitoring.health_checks` was unhealthy",
+        "a step marked `health_check: true` failed, or `monitoring.health_checks` were unhealthy after "
+        "the steps (before them it is `prerequisite_failed`)",
         None,
     ),
     "prerequisite_failed": Condition("a prerequisite failed (exit 2); `:NAME`: that one", "prerequisite"),
@@ -166,3 +167,16 @@ def rollback_when(loaded: LoadedWorkflow) -> str:
     if rollback is None or not (rollback.enabled and rollback.automatic and rollback.steps):
         return ""
     return " or ".join(rollback.conditions) if rollback.conditions else "any failure"
+
+
+def check_health_marks(loaded: LoadedWorkflow, graph: Graph) -> None:
+    """`health_check: true` belongs on steps: on a hook or rollback step nothing would read it."""
+    hooks = [h for section in graph.sections.values() for h in section]
+    hooks += [h for node in graph.nodes.values() for section in node.hooks.values() for h in section]
+    for hook in hooks:
+        if hook.step.health_check:
+            raise ValidationError(
+                f"`health_check: true` on `{hook.id}` has no effect: only a step of `steps` (or a "
+                "group of them) can be a health check",
+                where=loaded.where((*hook.loc, "health_check")),
+            )

@@ -4,10 +4,9 @@ Prefect runs each step as a task; this decides the order. Prefect's `wait_for` a
 cannot express "at most N of this group at once" or "lower priority first", so the flow
 asks a `Dispatcher` after every completion.
 
-Resources (`resource_limits.memory_limit` / `cpu_limit`) are reservations counted here too,
-not Prefect global concurrency limits: those are slots on the server, shared by every run
-and created out of band, and a task waiting for a slot would already hold a worker thread.
-Counting in the dispatcher keeps the decision in one pure, unit-tested place. Runs that
+Resources (`resource_limits.memory_limit` / `cpu_limit`) are reservations counted here too:
+within one run the dispatcher never starts a step that does not fit, so no task sits in a
+worker thread waiting for room the run itself holds. Counting in the dispatcher keeps the decision in one pure, unit-tested place. Runs that
 share the limits (`resource_limits.shared`) also hold the same reservations from Prefect
 global concurrency limits, each step while its command runs (pools.py): this count keeps
 one run's steps within the limits, those keep all the sharing runs together.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from flows.errors import OpsflowError, ValidationError
+from flows.errors import ValidationError
 from flows.workflow.conditions import HEALTH_SECTION
 from flows.workflow.report import StepOutcome
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def run_health_checks(run: WorkflowRun, when: str) -> StepOutcome:
     """Run the checks now (`when`: before | after) and add their outcome to the summary."""
     from flows.health.checks import plan_checks
-    from flows.health.flow import check_one, record_results
+    from flows.health.flow import STARTED, check_one, record_results
     from flows.health.status import build_document, headline
     from flows.local_server import configured_api_url
     from flows.maintenance.settings import load_settings
@@ -33,19 +33,24 @@ def run_health_checks(run: WorkflowRun, when: str) -> StepOutcome:
     step_id = f"health_checks:{when}"
     started = time.time()
     run.logger.info(f"health checks {when} the steps (environment {run.summary.environment})")
+    # Before the steps the checks gate the run like a prerequisite (`prerequisite_failed`);
+    # after them they judge it (`health_check_failed`).
+    section = "prerequisites" if when == "before" else HEALTH_SECTION
+    # Bad settings or an unknown check name are configuration errors: exit 3, not a failed check.
+    settings = load_settings(run.summary.environment)
+    checks = chosen(plan_checks(settings, configured_api_url()), run.loaded.spec.monitoring.health_checks)
     try:
-        settings = load_settings(run.summary.environment)
-        checks = chosen(plan_checks(settings, configured_api_url()), run.loaded.spec.monitoring.health_checks)
-    except OpsflowError as exc:
-        return _settle(run, StepOutcome(step_id, "Failed", HEALTH_SECTION, 1, 0.0, None, str(exc)))
-    futures = [
-        check_one.with_options(task_run_name=f"{when}-check-{c.name}").submit(
-            c, settings.check_timeout_seconds
-        )
-        for c in checks
-    ]
-    results = [f.result() for f in futures]
-    document = build_document(results, uptime=time.time() - started, environment=settings.environment)
+        futures = [
+            check_one.with_options(task_run_name=f"{when}-check-{c.name}").submit(
+                c, settings.check_timeout_seconds
+            )
+            for c in checks
+        ]
+        results = [f.result() for f in futures]
+    except Exception as exc:  # a check's task run itself failed (not the check): the outcome says so
+        reason = f"health checks could not run: {type(exc).__name__}: {exc}"
+        return _settle(run, StepOutcome(step_id, "Failed", section, 1, time.time() - started, None, reason))
+    document = build_document(results, uptime=time.monotonic() - STARTED, environment=settings.environment)
     try:
         record_results(results, document, f"{run.summary.workflow_id}:{when}")
     except Exception as exc:  # the record is for operators; it must not change the run's result
@@ -58,7 +63,7 @@ def run_health_checks(run: WorkflowRun, when: str) -> StepOutcome:
     outcome = StepOutcome(
         step_id,
         "Completed" if healthy else "Failed",
-        HEALTH_SECTION,
+        section,
         1,
         time.time() - started,
         document["exit_code"],

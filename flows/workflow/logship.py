@@ -230,6 +230,7 @@ def start(
     logger: Any,
     *,
     path_to_file: str | None = None,
+    mask: Masker | None = None,
 ) -> Path | None:
     """Open the run's file and write `run_started`, when the workflow asks for it; the path
     goes to the run log and the summary. A file that cannot be opened is a warning, not a
@@ -242,7 +243,7 @@ def start(
     started = datetime.fromtimestamp(summary.started, UTC)
     path = aggregate_path(aggregation_dir(), summary.workflow, summary.workflow_id, started)
     try:
-        aggregator = LogAggregator(path, run, Masker.for_parameters(parameters), logger.warning)
+        aggregator = LogAggregator(path, run, mask or Masker.for_parameters(parameters), logger.warning)
     except OSError as exc:
         logger.warning(f"log aggregation is off for this run: cannot open {path}: {exc}")
         return None

@@ -10,9 +10,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flows.maintenance.record import safe_parameters, scrub_text
+from flows.maintenance.record import MASKED, safe_parameters, scrub_text
 
-MASKED = "**********"  # what the records write for a secret (state.MASKED)
+# A value shorter than this is not masked in output: `token_ttl: 60` or a 3-letter "secret" would
+# turn every 60 in every line into stars and hide nothing (numbers and flags are no secrets).
+SHORTEST = 4
 
 
 class Masker:
@@ -30,15 +32,14 @@ class Masker:
         for name, value in parameters.items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            elif safe.get(name) != MASKED or isinstance(value, bool):
+            elif safe.get(name) != MASKED:
                 continue
             if isinstance(value, list | tuple):
-                items = [str(v) for v in value]
-                secrets += [*items, ",".join(items), " ".join(items), json.dumps(list(value))]
-            elif isinstance(value, dict):
-                secrets.append(json.dumps(value))
-            elif value is not None:
-                secrets.append(str(value))
+                items = [str(v) for v in value if isinstance(v, str) and len(v) >= SHORTEST]
+                if items:
+                    secrets += [*items, ",".join(items), " ".join(items), json.dumps(items)]
+            elif isinstance(value, str) and len(value) >= SHORTEST:
+                secrets.append(value)
         return cls(secrets)
 
     def __call__(self, text: str) -> str:

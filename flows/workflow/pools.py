@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from flows.errors import ConnectionFailure
 from flows.workflow.dispatch import Reservation
 from flows.workflow.spec import ResourceLimits
 from flows.workflow.units import format_cpu, format_duration, format_memory
@@ -37,6 +38,8 @@ LEASE_SECONDS = 60.0
 # the step would sit idle long after the pool had room. One request per waiting step at this
 # pace is cheap.
 POLL_SECONDS = 0.5
+# Refusals although the pool seemed to have room (races with other runs) before a step says so.
+REFUSALS_TO_REPORT = 10
 
 # Set when the run is interrupted (tasks.stop_commands_on_signals): a step still waiting
 # for room gives up instead of keeping the process alive.
@@ -134,17 +137,25 @@ def declare(pool: SharedPool, logger: Any) -> None:
             "its slots until they are reset (`prefect gcl update NAME --active-slots 0`); use a "
             "running server (OPSFLOW_SERVER=auto, or PREFECT_API_URL)"
         )
-    with get_client(sync_client=True) as client:
-        for kind, size in pool.sizes.items():
-            before = _ensure(client, limit_name(kind, pool.name), size)
-            if before is None:
-                logger.info(f"shared pool `{pool.name}`: {kind} {show_slots(kind, size)} (created)")
-            elif before != size:
-                logger.warning(
-                    f"shared pool `{pool.name}`: {kind} was {show_slots(kind, before)}, now "
-                    f"{show_slots(kind, size)} as this workflow declares; every run sharing the pool "
-                    "now waits for that size — workflows sharing a pool should declare the same limits"
-                )
+    try:
+        with get_client(sync_client=True) as client:
+            changes = [
+                (kind, size, _ensure(client, limit_name(kind, pool.name), size))
+                for kind, size in pool.sizes.items()
+            ]
+    except Exception as exc:  # the server refused or is unreachable: the run fails as exit 4, not a traceback
+        raise ConnectionFailure(
+            f"shared pool `{pool.name}`: cannot set its limits on the Prefect server: {type(exc).__name__}: {exc}"
+        ) from exc
+    for kind, size, before in changes:
+        if before is None:
+            logger.info(f"shared pool `{pool.name}`: {kind} {show_slots(kind, size)} (created)")
+        elif before != size:
+            logger.warning(
+                f"shared pool `{pool.name}`: {kind} was {show_slots(kind, before)}, now "
+                f"{show_slots(kind, size)} as this workflow declares; every run sharing the pool "
+                "now waits for that size — workflows sharing a pool should declare the same limits"
+            )
 
 
 def _ensure(client: Any, name: str, size: int) -> int | None:
@@ -181,6 +192,7 @@ def hold(claim: Claim, step: str, logger: Any, deadline: float | None = None) ->
 
     pool = claim.pool
     waited_since: float | None = None
+    refused = 0
     with get_client(sync_client=True) as client:
         while True:
             with _trying:  # this process's steps try one at a time: no races among them
@@ -189,7 +201,14 @@ def hold(claim: Claim, step: str, logger: Any, deadline: float | None = None) ->
             if taken is not None:
                 stack = taken
                 break
-            if waited_since is None and not _fits(claim, sizes, used):
+            if _fits(claim, sizes, used):  # refused all the same: another run was faster, or the server
+                refused += 1
+                if refused == REFUSALS_TO_REPORT:
+                    logger.warning(
+                        f"`{step}`: shared pool `{pool.name}` seems to have room but refused its slots "
+                        f"{refused} times in a row; still trying"
+                    )
+            elif waited_since is None:
                 waited_since = time.time()
                 logger.info(_waiting_line(step, claim, sizes, used))
             if deadline is not None and time.time() >= deadline:
@@ -200,12 +219,27 @@ def hold(claim: Claim, step: str, logger: Any, deadline: float | None = None) ->
             wait = POLL_SECONDS if deadline is None else min(POLL_SECONDS, max(0.0, deadline - time.time()))
             if stopping.wait(wait):
                 raise PoolWaitEnded(f"the run was interrupted while it waited for shared pool `{pool.name}`")
-    if waited_since is not None:
-        logger.info(
-            f"`{step}` has room in shared pool `{pool.name}` after {format_duration(time.time() - waited_since)}"
-        )
-    with stack:
+    try:
+        if waited_since is not None:
+            logger.info(
+                f"`{step}` has room in shared pool `{pool.name}` after "
+                f"{format_duration(time.time() - waited_since)}"
+            )
         yield
+    finally:
+        _release(stack, pool, logger)
+
+
+def _release(stack: contextlib.ExitStack, pool: SharedPool, logger: Any) -> None:
+    """Give the slots back. A failure here must not turn the step's result into an error (a
+    step that succeeded would be retried): the lease lapses and the server frees them."""
+    try:
+        stack.close()
+    except Exception as exc:
+        logger.warning(
+            f"slots of shared pool `{pool.name}` not released ({type(exc).__name__}: {exc}); "
+            f"their lease frees them within {LEASE_SECONDS:.0f} s"
+        )
 
 
 _trying = threading.Lock()

@@ -1,8 +1,9 @@
 """The workflow flow: `run_workflow(path, ...)`, one task run per step, a summary artifact.
 
 `run_workflow` is a plain module-level flow, so `prefect deploy` can deploy any workflow
-file by passing its path as a parameter. With `tasks.py` and `execute.py` it is the only
-Prefect-aware part of the engine.
+file by passing its path as a parameter. With `tasks.py` and `execute.py` it is the
+Prefect-aware core of the engine; `health_gate.py`, `pools.py` and `logship.py` call Prefect
+(lazily) for what they add to a run.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def _run(
     if unenforced:
         logger.warning("accepted, not yet enforced: " + "; ".join(unenforced))
     summary = RunSummary(loaded.spec.name, str(bound.context["environment"]), workflow_id)
-    logship.start(loaded.spec, summary, bound.parameters, logger, path_to_file=path)
+    mask = Masker.for_parameters(bound.parameters)  # one per run: output lines and the JSON log
+    logship.start(loaded.spec, summary, bound.parameters, logger, path_to_file=path, mask=mask)
     notifier = RunNotifier(
         loaded.spec.notifications, loaded.spec.name, str(bound.context["environment"]), workflow_id, logger
     )
@@ -162,7 +164,7 @@ def _run(
         notifier,
     )
     run.recorder = recorder
-    run.mask = Masker.for_parameters(bound.parameters)
+    run.mask = mask
 
     health_checks = bool(loaded.spec.monitoring and loaded.spec.monitoring.health_checks)
     unmet = _unmet_prerequisite(run)
@@ -198,10 +200,10 @@ def _run(
         run.run_hooks(graph.sections["post_success"], "post_execution.success")
     # The table reads in plan order: prerequisites, steps as written, then hooks as they ran.
     order = {node_id: i for i, node_id in enumerate(graph.nodes)}
-    sections = {"prerequisites": 0, "health_checks:before": 1, "steps": 2, "health_checks:after": 3}
+    sections = {"prerequisites": 0, "steps": 1, "health_checks:after": 2}
     summary.steps.sort(
         key=lambda s: (
-            sections.get(s.step if s.section == HEALTH_SECTION else s.section, 4),
+            sections.get(s.step if s.section == HEALTH_SECTION else s.section, 3),
             order.get(s.step, 0) if s.section == "steps" else 0,
         )
     )

@@ -173,7 +173,7 @@ def _run_attempt(
             attempt,
             timeout,
             result.duration,
-            memory_note=memory_note(result),
+            memory_note=mask(memory_note(result)),  # it may quote a line of the output
         )
         failure.final = result.timed_out and capped  # the run's deadline, not the step's: no retry
         raise failure
@@ -219,11 +219,11 @@ def stop_commands_on_signals() -> Iterator[None]:
     Commands run in sessions of their own, so a terminal's Ctrl-C or a worker's cancellation
     would not reach them, and the flow would wait for them to finish.
     """
+    pools_stopping.clear()  # an earlier run's interrupt must not end this run's waits
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    pools_stopping.clear()
 
     def handler(signum: int, frame: Any) -> None:
         pools_stopping.set()  # steps waiting for a shared pool give up too

@@ -90,9 +90,9 @@ def test_every_line_of_a_run_with_events_and_secrets_masked(write_workflow, aggr
     state, summary = _run(path)
     assert state.is_failed(), summary
     run_id = summary["workflow_id"]
-    day = datetime.now(UTC).strftime("%Y-%m-%d")  # the test does not run across midnight UTC
-    file = aggregate_dir / "chatty" / day / f"{run_id}.jsonl"
-    assert summary["aggregated_log"] == str(file)
+    file = Path(summary["aggregated_log"])  # named after the run's start day (UTC)
+    assert file.parent.parent == aggregate_dir / "chatty" and file.name == f"{run_id}.jsonl"
+    assert datetime.strptime(file.parent.name, "%Y-%m-%d")
 
     text = file.read_text(encoding="utf-8")
     assert TOKEN not in text and "hunter2pw" not in text
@@ -344,3 +344,10 @@ def test_a_run_ending_on_an_error_still_gets_its_last_line(tmp_path):
     assert (last["event"], last["state"], last["level"]) == ("run_finished", "Failed", "ERROR")
     assert last["exit_code"] == DependencyError.exit_code
     assert last["reason"] == f"prerequisite failed, token {MASKED}"
+
+
+def test_short_and_non_text_secrets_are_not_masked_in_output():
+    # `token_ttl: "60"` matches the secret names, but masking every 60 hides nothing and
+    # garbles dates and durations; numbers and flags are no secrets.
+    mask = Masker.for_parameters({"token_ttl": "60", "api_token": "abcd1234", "secret_flag": True})
+    assert mask("2026-08-18 took 60s with abcd1234") == f"2026-08-18 took 60s with {MASKED}"

@@ -206,8 +206,8 @@ def test_a_failed_or_timed_out_step_gives_its_slots_back(write_workflow, tmp_pat
         f"name: fails\nresource_limits: {{memory_limit: 1Gi, shared: {name}}}\n"
         "error_handling: {strategy: continue_on_error}\nsteps:\n  - name: g\n    parallel: true\n    steps:\n"
         f"      - name: fails\n        resources: {{memory: 600Mi}}\n        command: {read_held}; exit 3\n"
-        f"      - name: slow\n        resources: {{memory: 600Mi}}\n        timeout: 0.5\n"
-        f"        command: {read_held}; sleep 5\n"
+        f"      - name: slow\n        resources: {{memory: 600Mi}}\n        timeout: 3\n"
+        f"        command: {read_held}; sleep 30\n"
     )
     state = run_workflow(path=str(path), timeout="30s", return_state=True)  # not forever if one leaks
     steps = {s["step"]: s["state"] for s in state.result(raise_on_failure=False)["steps"]}
@@ -231,14 +231,14 @@ def test_a_step_waiting_for_a_full_pool_ends_with_the_runs_timeout(write_workflo
 
     def occupy() -> None:
         with hold(Claim(pool, {"memory": 600}), "elsewhere", Lines()):
-            other_run.wait(10)
+            other_run.wait(30)
 
     holder = threading.Thread(target=occupy)
     holder.start()
     try:
         while _limit(f"opsflow-memory-{name}").active_slots != 600:
             time.sleep(0.1)
-        state = run_workflow(path=str(path), timeout="1.5s", return_state=True)
+        state = run_workflow(path=str(path), timeout="5s", return_state=True)
     finally:
         other_run.set()
         holder.join()

@@ -258,3 +258,12 @@ recovery:
     posts = [json.loads(body) for body in hook.bodies]
     assert [p["title"] for p in posts] == ["opsflow: recovering recovery (development)"]
     assert "failed steps: tool" in posts[0]["message"]
+
+
+def test_health_check_mark_on_a_hook_is_refused(write_workflow, capsys):
+    path = write_workflow(
+        "name: r\nsteps:\n  - command: 'true'\nrollback:\n  steps:\n    - name: undo\n"
+        "      health_check: true\n      command: 'true'\n"
+    )
+    assert validate(path) == 3
+    assert f"{path}:7: `health_check: true` on `undo` has no effect" in capsys.readouterr().err

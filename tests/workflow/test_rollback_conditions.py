@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from flows.errors import DependencyError, StepFailure
+from flows.errors import DependencyError, StepFailure, ValidationError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -140,7 +140,7 @@ def test_health_checks_before_and_after_the_steps(write_workflow, tmp_path, serv
     state, summary = run(path)
     assert state.is_completed(), summary
     assert sections(summary) == [
-        ("health_checks", "health_checks:before", "Completed"),
+        ("prerequisites", "health_checks:before", "Completed"),
         ("steps", "deploy", "Completed"),
         ("health_checks", "health_checks:after", "Completed"),
     ]
@@ -153,13 +153,31 @@ def test_health_checks_before_and_after_the_steps(write_workflow, tmp_path, serv
     assert "health checks after the steps: unhealthy: svc (required, down)" in summary["message"]
     assert log.read_text().splitlines() == ["rolled back"]
 
-    # unhealthy before the steps: nothing runs, exit 2 like a failed prerequisite
+    # unhealthy before the steps: nothing runs, exit 2 like a failed prerequisite, and it is
+    # `prerequisite_failed`, not `health_check_failed`: nothing was deployed, nothing to undo
     ran.unlink()
     log.unlink()
+    path.write_text(
+        text
+        + f"""recovery:
+  strategies:
+    - name: undo
+      conditions: [health_check_failed]
+      actions: [rollback]
+    - name: page
+      conditions: [prerequisite_failed]
+      actions: [note]
+  steps:
+    - name: note
+      command: echo paged >> {log}
+"""
+    )
     state, summary = run(path)
     assert state.is_failed() and summary["exit_code"] == DependencyError.exit_code
     assert summary["message"].startswith("health checks before the steps: unhealthy: svc")
-    assert not ran.exists() and not log.exists()
+    assert not ran.exists()
+    assert log.read_text().splitlines() == ["paged"]
+    assert [r["strategy"] for r in summary["recovery"]] == ["page"]
 
 
 def test_health_check_results_are_recorded_for_operators(write_workflow, tmp_path, service):
@@ -191,7 +209,8 @@ def test_listed_health_checks_are_the_only_ones_and_required(write_workflow, tmp
     assert summary["message"].endswith("/health answered HTTP 503")
     assert [s["step"] for s in summary["steps"]] == ["health_checks:before"]
 
+    # a name that is no check is a configuration error (exit 3), not an unhealthy service
     path.write_text(text.replace("health_checks: true", "health_checks: [disk, nope]"))
-    state, summary = run(path)
-    assert summary["exit_code"] == DependencyError.exit_code
-    assert "monitoring.health_checks names nope, which is no check here" in summary["message"]
+    state, error = run(path)
+    assert state.is_failed() and error.exit_code == ValidationError.exit_code
+    assert "monitoring.health_checks names nope, which is no check here" in str(error)
