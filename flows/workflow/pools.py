@@ -47,7 +47,7 @@ stopping = threading.Event()
 
 
 class PoolWaitEnded(Exception):
-    """A step stopped waiting for room: the run's deadline, an interrupt, or the server."""
+    """A step stopped waiting for room: the run's deadline ran out, or the run was interrupted."""
 
     def __init__(self, message: str, *, timed_out: bool = False) -> None:
         super().__init__(message)
@@ -178,7 +178,7 @@ def _ensure(client: Any, name: str, size: int) -> int | None:
             except ObjectNotFound:
                 continue
         return before
-    raise PoolWaitEnded(f"the Prefect global concurrency limit `{name}` keeps changing; try again")
+    raise ConnectionFailure(f"the Prefect global concurrency limit `{name}` keeps changing; try again")
 
 
 @contextlib.contextmanager
@@ -198,6 +198,8 @@ def hold(claim: Claim, step: str, logger: Any, deadline: float | None = None) ->
             with _trying:  # this process's steps try one at a time: no races among them
                 sizes, used = _read(client, pool)
                 taken = _try(claim, sizes, used)
+                if taken is None and _fits(claim, sizes, used):
+                    sizes, used = _read(client, pool)  # refused: another run was faster; see its slots
             if taken is not None:
                 stack = taken
                 break
@@ -302,7 +304,8 @@ def _took(stack: contextlib.ExitStack, name: str, slots: int) -> bool:
         cause = exc.__cause__
         if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code in (422, 423):
             return False
-        raise PoolWaitEnded(f"cannot take slots of `{name}`: {exc}") from exc
+        # the server failed, not the wait: a plain failure, so the step's `retry` applies
+        raise ConnectionFailure(f"cannot take slots of `{name}`: {exc}") from exc
     return True
 
 
