@@ -55,3 +55,21 @@ def test_best_practice_compensates_newest_first(tmp_path):
     assert state.is_failed()
     compensations = [s["step"] for s in summary["steps"] if s["section"].endswith(".compensate")]
     assert compensations == ["switch_back", "restore_config", "remove_staged_release"], compensations
+
+
+def test_advanced_deployment_rolls_back_only_when_its_health_check_fails(tmp_path):
+    # the slot test is marked `health_check: true`: its failure is the rollback's condition
+    state, summary = run_sample("advanced-deployment", tmp_path, fail_tests="true")
+    assert state.is_failed()
+    by_step = {(s["section"], s["step"]): s["state"] for s in summary["steps"]}
+    assert by_step[("steps", "test_idle_slot")] == "Failed"
+    assert by_step[("rollback", "traffic_rollback")] == "Completed"
+    assert by_step[("rollback", "service_rollback")] == "Completed"
+
+    # a failure that is none of its conditions (the state directory cannot be made: its parent
+    # is a file) fails the run without a rollback
+    (tmp_path / "not-a-dir").write_text("")
+    state, summary = run_sample("advanced-deployment", tmp_path / "not-a-dir")
+    by_step = {(s["section"], s["step"]): s["state"] for s in summary["steps"]}
+    assert state.is_failed() and by_step[("steps", "find_idle_slot")] == "Failed", by_step
+    assert not [key for key in by_step if key[0] == "rollback"], by_step
