@@ -203,6 +203,9 @@ def hold(claim: Claim, step: str, logger: Any, deadline: float | None = None) ->
             if taken is not None:
                 stack = taken
                 break
+            if waited_since is None:  # refused, or no room: say so once, with what holds the pool
+                waited_since = time.time()
+                logger.info(_waiting_line(step, claim, sizes, used))
             if _fits(claim, sizes, used):  # refused all the same: another run was faster, or the server
                 refused += 1
                 if refused == REFUSALS_TO_REPORT:
@@ -210,9 +213,6 @@ def hold(claim: Claim, step: str, logger: Any, deadline: float | None = None) ->
                         f"`{step}`: shared pool `{pool.name}` seems to have room but refused its slots "
                         f"{refused} times in a row; still trying"
                     )
-            elif waited_since is None:
-                waited_since = time.time()
-                logger.info(_waiting_line(step, claim, sizes, used))
             if deadline is not None and time.time() >= deadline:
                 raise PoolWaitEnded(
                     f"the workflow's --timeout ran out while it waited for shared pool `{pool.name}`",
@@ -352,6 +352,9 @@ def _read(client: Any, pool: SharedPool) -> tuple[dict[str, int], dict[str, int]
 def _waiting_line(step: str, claim: Claim, sizes: dict[str, int], used: dict[str, int]) -> str:
     asked = {kind: slots for kind, slots in claim.slots.items() if sizes.get(kind)}
     short = [k for k, slots in _wanted(claim, sizes).items() if used[k] + slots > sizes[k]]
+    if not short:  # the pool had room when read, but another run's step took it first
+        asked_text = ", ".join(f"{show_slots(k, n)} {k}" for k, n in asked.items())
+        return f"`{step}` waits for shared pool `{claim.pool.name}`: needs {asked_text}; another run took the room first"
     parts = []
     for kind in short:
         need = f"{show_slots(kind, asked[kind])} {kind}"

@@ -178,7 +178,8 @@ def test_runs_sharing_a_pool_take_turns_and_say_what_they_wait_for(tmp_path):
     assert len(spans) == 4
     assert _overlaps(spans) == [], spans  # 4 x 600Mi under 1Gi: one step at a time, across runs
     assert "`s1` waits for room: needs 600Mi memory; 600Mi of 1Gi reserved by `s0`" in output
-    assert f"waits for shared pool `{name}`: needs 600Mi memory; 600Mi of 1Gi held across runs" in output
+    # what holds the pool, or (when the two runs read it at the same moment) that the other won
+    assert f"waits for shared pool `{name}`: needs 600Mi memory; " in output
     assert f"has room in shared pool `{name}` after" in output
     assert _limit(f"opsflow-memory-{name}").active_slots == 0
 
