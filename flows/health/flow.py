@@ -42,6 +42,24 @@ def check_one(check: Check, timeout: float) -> CheckResult:
     return run_check(check, timeout)
 
 
+def check_all(
+    checks: list[Check], settings: Any, logger: Any, prefix: str = ""
+) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Each check as a task run of the current flow run (named `<prefix>check-<name>`), the
+    health document of their results, and each problem logged (skipped ones as info)."""
+    futures = [
+        check_one.with_options(task_run_name=f"{prefix}check-{c.name}").submit(
+            c, settings.check_timeout_seconds
+        )
+        for c in checks
+    ]
+    results = [f.result() for f in futures]
+    document = build_document(results, uptime=time.monotonic() - STARTED, environment=settings.environment)
+    for problem in document["problems"]:
+        (logger.info if "(skipped)" in problem else logger.warning)(problem)
+    return results, document
+
+
 def record_results(results: list[CheckResult], document: dict[str, Any], run_id: str) -> None:
     """One `health_check_results` row per check, in one transaction."""
     from flows.records.db import session
@@ -100,14 +118,8 @@ def health_check(
     }
     logger = get_run_logger()
     with recorded("health-check", params, settings) as outcome:
-        futures = [check_one.submit(c, settings.check_timeout_seconds) for c in checks]
-        results = [f.result() for f in futures]
-        document = build_document(
-            results, uptime=time.monotonic() - STARTED, environment=settings.environment
-        )
+        results, document = check_all(checks, settings, logger)
         record_results(results, document, _run_id())
-        for problem in document["problems"]:
-            (logger.info if "(skipped)" in problem else logger.warning)(problem)
         outcome.exit_code = document["exit_code"]
         outcome.message = headline(document)
         outcome.details = document

@@ -45,13 +45,14 @@ CONDITIONS = {
 }
 
 
+def is_health_check(graph: Graph, node_id: str) -> bool:
+    """Whether the step is a health check: marked itself or inside a marked group."""
+    return any(graph.nodes[n].step.health_check for n in (node_id, *graph.ancestors(node_id)))
+
+
 def health_check_steps(graph: Graph) -> set[str]:
-    """Leaves that are health checks: marked themselves or inside a marked group."""
-    return {
-        leaf
-        for leaf in graph.leaves
-        if any(graph.nodes[n].step.health_check for n in (leaf, *graph.ancestors(leaf)))
-    }
+    """Leaves that are health checks."""
+    return {leaf for leaf in graph.leaves if is_health_check(graph, leaf)}
 
 
 def has_health_check(loaded: LoadedWorkflow, graph: Graph) -> bool:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 def run_health_checks(run: WorkflowRun, when: str) -> StepOutcome:
     """Run the checks now (`when`: before | after) and add their outcome to the summary."""
     from flows.health.checks import plan_checks
-    from flows.health.flow import STARTED, check_one, record_results
-    from flows.health.status import build_document, headline
+    from flows.health.flow import check_all, record_results
+    from flows.health.status import headline
     from flows.local_server import configured_api_url
     from flows.maintenance.settings import load_settings
 
@@ -40,23 +40,14 @@ def run_health_checks(run: WorkflowRun, when: str) -> StepOutcome:
     settings = load_settings(run.summary.environment)
     checks = chosen(plan_checks(settings, configured_api_url()), run.loaded.spec.monitoring.health_checks)
     try:
-        futures = [
-            check_one.with_options(task_run_name=f"{when}-check-{c.name}").submit(
-                c, settings.check_timeout_seconds
-            )
-            for c in checks
-        ]
-        results = [f.result() for f in futures]
+        results, document = check_all(checks, settings, run.logger, prefix=f"{when}-")
     except Exception as exc:  # a check's task run itself failed (not the check): the outcome says so
         reason = f"health checks could not run: {type(exc).__name__}: {exc}"
         return _settle(run, StepOutcome(step_id, "Failed", section, 1, time.time() - started, None, reason))
-    document = build_document(results, uptime=time.monotonic() - STARTED, environment=settings.environment)
     try:
         record_results(results, document, f"{run.summary.workflow_id}:{when}")
     except Exception as exc:  # the record is for operators; it must not change the run's result
         run.logger.warning(f"health check results not recorded: {type(exc).__name__}: {exc}")
-    for problem in document["problems"]:
-        (run.logger.info if "(skipped)" in problem else run.logger.warning)(problem)
     line = headline(document)
     healthy = document["exit_code"] == 0
     (run.logger.info if healthy else run.logger.error)(f"health checks {when} the steps: {line}")

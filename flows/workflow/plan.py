@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.backoff import backoff_delays
-from flows.workflow.conditions import rollback_when
+from flows.workflow.conditions import is_health_check, rollback_when
 from flows.workflow.dispatch import reservation_of
 from flows.workflow.graph import Graph, Hook, Node
 from flows.workflow.load import LoadedWorkflow, Location
@@ -251,8 +251,7 @@ def _plan_node(
         limit=graph.group_limit(node.id) if step.is_group else None,
         in_order=step.is_group and not (step.parallel or step.parallel_limit is not None),
         approval=step.manual_approval,
-        health_check=step.health_check
-        or any(graph.nodes[a].step.health_check for a in graph.ancestors(node.id)),
+        health_check=is_health_check(graph, node.id),
         reserves=None if step.is_group else describe_reservation(graph, node.id),
         unenforced=tuple(unenforced_step_fields(step)),
         hooks={
