@@ -160,16 +160,22 @@ def declare(pool: SharedPool, logger: Any) -> None:
 
 def _ensure(client: Any, name: str, size: int) -> int | None:
     """Set the limit `name` to `size`; its size before, or None when it did not exist."""
+    import httpx
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    refused: Exception | None = None
     for _ in range(3):  # another run may create or delete it between our calls
         try:
             before = client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
-            except ObjectAlreadyExists:
+            except (ObjectAlreadyExists, httpx.HTTPStatusError) as exc:
+                # Another run created it first. The server answers that with 409, or, when
+                # its database noticed the duplicate name only at commit, with another error:
+                # whatever the status, read it again; only a limit still missing is a failure.
+                refused = exc
                 continue
             return None
         if before != size:
@@ -178,6 +184,8 @@ def _ensure(client: Any, name: str, size: int) -> int | None:
             except ObjectNotFound:
                 continue
         return before
+    if refused is not None and not isinstance(refused, ObjectAlreadyExists):
+        raise ConnectionFailure(f"cannot create the Prefect global concurrency limit `{name}`: {refused}") from refused
     raise ConnectionFailure(f"the Prefect global concurrency limit `{name}` keeps changing; try again")
 
 

@@ -101,6 +101,54 @@ def test_each_run_sets_the_pool_to_what_it_declares_and_says_so_when_that_change
 
 
 @pytest.mark.usefixtures("prefect_api")
+def test_runs_creating_a_pool_at_once_all_go_on_with_the_one_limit():
+    name = f"p{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def run() -> None:
+        start.wait()
+        try:
+            declare(SharedPool(name, {"memory": 1024}), Lines())
+        except BaseException as exc:  # noqa: BLE001 - the assertion shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert _limit(f"opsflow-memory-{name}").limit == 1024
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_run_that_loses_the_race_to_create_a_pool_reads_it_whatever_status_the_server_gave():
+    """The server may notice the duplicate name only when it commits, and answer other than
+    409: the run that lost must read the limit the winner made, not fail."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.workflow.pools import _ensure
+
+    name = f"opsflow-memory-p{uuid.uuid4().hex[:8]}"
+
+    with get_client(sync_client=True) as client:
+        real_create = client.create_global_concurrency_limit
+
+        def other_run_wins(limit: GlobalConcurrencyLimitCreate):
+            real_create(GlobalConcurrencyLimitCreate(name=limit.name, limit=512))  # the winner
+            request = httpx.Request("POST", "http://server/v2/concurrency_limits/")
+            response = httpx.Response(500, request=request)
+            raise httpx.HTTPStatusError("UNIQUE constraint failed", request=request, response=response)
+
+        client.create_global_concurrency_limit = other_run_wins
+        assert _ensure(client, name, 1024) == 512  # the size it found, set to ours
+    assert _limit(name).limit == 1024
+
+
+@pytest.mark.usefixtures("prefect_api")
 def test_a_step_larger_than_the_pool_takes_all_of_it_and_a_full_pool_ends_at_the_deadline():
     name = f"p{uuid.uuid4().hex[:8]}"
     pool = SharedPool(name, {"memory": 1024})
@@ -114,7 +162,7 @@ def test_a_step_larger_than_the_pool_takes_all_of_it_and_a_full_pool_ends_at_the
             hold(Claim(pool, {"memory": 1}), "tiny", log, time.time() + 1),
         ):
             pass
-        assert info.value.timed_out and 0.9 < time.time() - started < 5
+        assert info.value.timed_out and 0.9 < time.time() - started < 60  # not forever, even on a busy machine
     assert log.lines == [
         f"`tiny` waits for shared pool `{name}`: needs 1Mi memory; 1Gi of 1Gi held across runs"
     ]
@@ -122,31 +170,31 @@ def test_a_step_larger_than_the_pool_takes_all_of_it_and_a_full_pool_ends_at_the
 
 
 def _workflow(tmp_path: Path, pool: str | None) -> Path:
-    """Two steps of 600Mi each under 1Gi: one at a time within a run; across runs only if shared."""
+    """Two steps of 600Mi each under 1Gi: one at a time within a run; across runs only if shared.
+
+    The first step to start (in either run) holds on until the test creates `release`, so
+    the other run surely tries while it runs, however slow the machine (`_two_runs_at_once`)."""
     shared = f"\n  shared: {pool}" if pool else ""
     steps = "\n".join(
         f"      - name: s{i}\n        resources: {{memory: 600Mi}}\n"
-        f"        command: start=$(date +%s.%N); sleep 1; "
-        f'echo "$OPSFLOW_PARAM_RUN s{i} $start $(date +%s.%N)" >> {tmp_path}/spans'
+        f"        command: touch {tmp_path}/started-$OPSFLOW_PARAM_RUN; start=$(date +%s.%N); "
+        f"if mkdir {tmp_path}/first 2>/dev/null; then until [ -e {tmp_path}/release ]; do sleep 0.05; done; fi; "
+        f'sleep 0.5; echo "$OPSFLOW_PARAM_RUN s{i} $start $(date +%s.%N)" >> {tmp_path}/spans'
         for i in range(2)
-    )
-    # The runs' processes start seconds apart on a busy machine: each waits for the other
-    # before its steps (a prerequisite holds no reservation).
-    both = (
-        f"touch {tmp_path}/ready-$OPSFLOW_PARAM_RUN; "
-        f"until [ -e {tmp_path}/ready-A ] && [ -e {tmp_path}/ready-B ]; do sleep 0.05; done"
     )
     path = tmp_path / "mem.yaml"
     path.write_text(
         f"name: mem\nparameters:\n  - name: run\nresource_limits:\n  memory_limit: 1Gi{shared}\n"
-        f"prerequisites:\n  - name: both_runs\n    timeout: 60s\n    command: {both}\n"
         f"steps:\n  - name: g\n    parallel: true\n    steps:\n{steps}\n"
     )
     return path
 
 
-def _two_runs_at_once(path: Path) -> tuple[list[tuple[str, float, float]], str]:
-    """Run the workflow in two processes at the same time; their step spans and output."""
+def _two_runs_at_once(path: Path, pool: str | None) -> tuple[list[tuple[str, float, float]], str]:
+    """Run the workflow in two processes at the same time; their step spans and output.
+
+    The first step holds on until the other run has met it: with a shared pool, until a run
+    said it waits for the pool; without, until a step of each run has started."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(
@@ -158,13 +206,31 @@ def _two_runs_at_once(path: Path) -> tuple[list[tuple[str, float, float]], str]:
         )
         for run in ("A", "B")
     ]
-    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    outputs: list[list[str]] = [[], []]
+    readers = [threading.Thread(target=lambda p=p, o=o: o.extend(p.stdout)) for p, o in zip(procs, outputs)]
+    for reader in readers:
+        reader.start()
+    here = path.parent
+
+    def met() -> bool:
+        if pool is not None:
+            return any(f"waits for shared pool `{pool}`" in line for out in outputs for line in list(out))
+        return (here / "started-A").exists() and (here / "started-B").exists()
+
+    deadline = time.time() + 180
+    while not met() and time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    (here / "release").touch()  # on time or not: the assertions below say what went wrong
+    for proc, reader in zip(procs, readers):
+        proc.wait(timeout=180)
+        reader.join()
+    texts = ["".join(out) for out in outputs]
+    assert [proc.returncode for proc in procs] == [0, 0], texts
     spans = []
-    for line in (path.parent / "spans").read_text().splitlines():
+    for line in (here / "spans").read_text().splitlines():
         run, step, start, end = line.split()
         spans.append((f"{run}.{step}", float(start), float(end)))
-    return sorted(spans, key=lambda s: s[1]), "\n".join(outputs)
+    return sorted(spans, key=lambda s: s[1]), "\n".join(texts)
 
 
 def _overlaps(spans: list[tuple[str, float, float]]) -> list[tuple[str, str]]:
@@ -174,7 +240,7 @@ def _overlaps(spans: list[tuple[str, float, float]]) -> list[tuple[str, str]]:
 @pytest.mark.usefixtures("prefect_api")
 def test_runs_sharing_a_pool_take_turns_and_say_what_they_wait_for(tmp_path):
     name = f"p{uuid.uuid4().hex[:8]}"
-    spans, output = _two_runs_at_once(_workflow(tmp_path, name))
+    spans, output = _two_runs_at_once(_workflow(tmp_path, name), name)
     assert len(spans) == 4
     assert _overlaps(spans) == [], spans  # 4 x 600Mi under 1Gi: one step at a time, across runs
     assert "`s1` waits for room: needs 600Mi memory; 600Mi of 1Gi reserved by `s0`" in output
@@ -186,7 +252,7 @@ def test_runs_sharing_a_pool_take_turns_and_say_what_they_wait_for(tmp_path):
 
 @pytest.mark.usefixtures("prefect_api")
 def test_runs_not_sharing_a_pool_each_have_the_whole_limit(tmp_path):
-    spans, output = _two_runs_at_once(_workflow(tmp_path, None))
+    spans, output = _two_runs_at_once(_workflow(tmp_path, None), None)
     overlapping = _overlaps(spans)
     assert overlapping and all(a[0][0] != b[0][0] for a, b in overlapping), spans  # only across runs
     assert "shared pool" not in output
