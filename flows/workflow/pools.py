@@ -185,7 +185,9 @@ def _ensure(client: Any, name: str, size: int) -> int | None:
                 continue
         return before
     if refused is not None and not isinstance(refused, ObjectAlreadyExists):
-        raise ConnectionFailure(f"cannot create the Prefect global concurrency limit `{name}`: {refused}") from refused
+        raise ConnectionFailure(
+            f"cannot create the Prefect global concurrency limit `{name}`: {refused}"
+        ) from refused
     raise ConnectionFailure(f"the Prefect global concurrency limit `{name}` keeps changing; try again")
 
 

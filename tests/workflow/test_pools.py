@@ -162,7 +162,8 @@ def test_a_step_larger_than_the_pool_takes_all_of_it_and_a_full_pool_ends_at_the
             hold(Claim(pool, {"memory": 1}), "tiny", log, time.time() + 1),
         ):
             pass
-        assert info.value.timed_out and 0.9 < time.time() - started < 60  # not forever, even on a busy machine
+        # the deadline held, and it did not wait forever (even on a busy machine)
+        assert info.value.timed_out and 0.9 < time.time() - started < 60
     assert log.lines == [
         f"`tiny` waits for shared pool `{name}`: needs 1Mi memory; 1Gi of 1Gi held across runs"
     ]
@@ -207,7 +208,10 @@ def _two_runs_at_once(path: Path, pool: str | None) -> tuple[list[tuple[str, flo
         for run in ("A", "B")
     ]
     outputs: list[list[str]] = [[], []]
-    readers = [threading.Thread(target=lambda p=p, o=o: o.extend(p.stdout)) for p, o in zip(procs, outputs)]
+    readers = [
+        threading.Thread(target=lambda p=p, o=o: o.extend(p.stdout))
+        for p, o in zip(procs, outputs, strict=True)
+    ]
     for reader in readers:
         reader.start()
     here = path.parent
@@ -221,7 +225,7 @@ def _two_runs_at_once(path: Path, pool: str | None) -> tuple[list[tuple[str, flo
     while not met() and time.time() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.1)
     (here / "release").touch()  # on time or not: the assertions below say what went wrong
-    for proc, reader in zip(procs, readers):
+    for proc, reader in zip(procs, readers, strict=True):
         proc.wait(timeout=180)
         reader.join()
     texts = ["".join(out) for out in outputs]
