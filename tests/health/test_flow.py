@@ -76,18 +76,17 @@ def test_an_unreachable_required_service_exits_4(closed_port):
     assert PASSWORD not in everything_recorded(outcome)
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
 
-    APILogHandler().flush()  # logs reach the API in batches: send them now
+    from tests.prefect_logs import run_log_messages
+
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(log.flow_run_id)
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
     assert flow_run.state.is_failed() and PASSWORD not in str(flow_run.parameters) + str(
         flow_run.state.message
     )
-    assert any("redis (required, down)" in entry.message for entry in logs)
-    assert not any(PASSWORD in entry.message for entry in logs)
+    logs = run_log_messages(flow_run.id, until=lambda got: any("redis (required, down)" in m for m in got))
+    assert any("redis (required, down)" in message for message in logs)
+    assert not any(PASSWORD in message for message in logs)
 
 
 def test_a_failed_procedure_notifies_its_channels_without_secrets(closed_port, endpoints, monkeypatch):

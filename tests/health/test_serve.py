@@ -43,7 +43,7 @@ class Server:
             text=True,
         )
 
-    def wait_ready(self, seconds: float = 20) -> None:
+    def wait_ready(self, seconds: float = 120) -> None:  # a cold start on a busy machine is slow
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

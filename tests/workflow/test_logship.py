@@ -151,16 +151,14 @@ def test_no_file_without_log_aggregation(write_workflow, aggregate_dir):
     assert "aggregated_log" not in summary
     assert not aggregate_dir.exists()
     # the Prefect run log gets the step's lines with the same secrets masked, aggregated or not
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
+    from tests.prefect_logs import run_log_messages
 
-    APILogHandler().flush()  # logs reach the API in batches: send them now
-    messages: list[str] = []
-    with get_client(sync_client=True) as client:
-        only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[summary["workflow_id"]]))
-        while page := client.read_logs(log_filter=only_this_run, limit=200, offset=len(messages)):
-            messages += [log.message for log in page]
+    expected = [
+        f"token is {MASKED}",
+        f"stderr| from env: {MASKED}",
+        "target postgresql://app:***@db.internal/app",
+    ]
+    messages = run_log_messages(summary["workflow_id"], until=lambda got: all(e in got for e in expected))
     assert f"token is {MASKED}" in messages and f"stderr| from env: {MASKED}" in messages
     assert "target postgresql://app:***@db.internal/app" in messages
     assert not any(TOKEN in m or "hunter2pw" in m for m in messages)

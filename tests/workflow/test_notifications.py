@@ -76,19 +76,11 @@ def test_failure_names_the_failed_step(write_workflow, receivers):
     assert b"failed steps: check" in mail.messages[-1].content
 
 
-def run_logs(state) -> list[str]:
-    """The run's log lines as the Prefect UI shows them."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
+def run_logs(state, until) -> list[str]:
+    """The run's log lines as the Prefect UI shows them, once `until(lines)` holds."""
+    from tests.prefect_logs import run_log_messages
 
-    APILogHandler().flush()  # logs reach the API in batches: send them now
-    run_id = state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        return [
-            entry.message
-            for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        ]
+    return run_log_messages(state.state_details.flow_run_id, until=until)
 
 
 def test_dead_and_slow_receivers_only_warn(write_workflow, monkeypatch):
@@ -106,7 +98,8 @@ def test_dead_and_slow_receivers_only_warn(write_workflow, monkeypatch):
         slow.close()
     assert state.is_completed()
     assert elapsed < 8  # the receiver sleeps 8 s a request (16 s for two); each send gives up after ~1 s
-    warnings = [line for line in run_logs(state) if "notification to" in line]
+    lines = run_logs(state, until=lambda got: sum("notification to" in line for line in got) >= 2)
+    warnings = [line for line in lines if "notification to" in line]
     assert any(f"json://127.0.0.1:{dead_port}/" in w for w in warnings) and len(warnings) >= 2, warnings
 
 
@@ -115,7 +108,11 @@ def test_a_channel_without_url_is_one_warning(write_workflow, monkeypatch):
     monkeypatch.delenv("OPSFLOW_NOTIFY_MAIL", raising=False)
     state, _ = run(write_workflow(WORKFLOW))
     assert state.is_completed()
-    missing = [line for line in run_logs(state) if "have no URL" in line]
+    missing = [
+        line
+        for line in run_logs(state, until=lambda got: any("have no URL" in line for line in got))
+        if "have no URL" in line
+    ]
     assert len(missing) == 1 and "OPSFLOW_NOTIFY_HOOK" in missing[0]
 
 
