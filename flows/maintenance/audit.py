@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, DependencyError, ValidationError
+from flows.maintenance.guard import writable_target
 from flows.maintenance.housekeeping import Table, find_tables_in, format_table, open_target, split_names
 from flows.maintenance.pg import Target, ident
 from flows.maintenance.record import finish, recorded
@@ -243,7 +244,7 @@ def enable_audit_trail(
     """Install seed 004's audit trigger on `tables` (audit_log and audit_trigger() with it);
     idempotent: a second run changes nothing and says so. Unknown tables: exit 3."""
     settings = load_settings(environment, database_url=database_url)
-    target = Target.from_url(settings.require_database())
+    target = writable_target(settings, "db audit enable")
     names = split_names(tables)
     params = {"dry_run": dry_run, "database": str(target), "tables": names, "audit_schema": audit_schema}
     with recorded("db-audit-enable", params, settings) as outcome:

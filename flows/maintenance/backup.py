@@ -38,6 +38,7 @@ from flows.maintenance.backup_files import (
     stale_partials,
     write_manifest,
 )
+from flows.maintenance.guard import writable_target
 from flows.maintenance.pg import (
     Target,
     connect,
@@ -279,7 +280,7 @@ def backup_restore(
     """Restore a backup: into a new database `into`, or (default) in place of the target database
     by restoring beside it and swapping names; the replaced database is kept unless asked."""
     settings = load_settings(environment, database_url=database_url)
-    target = _target(settings)
+    target = writable_target(settings, "db backup restore")
     params = {"backup": backup, "into": into, "keep_replaced": keep_replaced, "dry_run": dry_run}
     with recorded("db-backup-restore", params | {"database": str(target)}, settings) as outcome:
         manifest, path = find_backup(settings.backups(), backup, target.dbname)

@@ -23,7 +23,7 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="Target PostgreSQL URL (default: OPSFLOW_TARGET_DATABASE_URL or DATABASE_URL).",
+        help="Target PostgreSQL URL (default: OPSFLOW_TARGET_DATABASE_URL, else DATABASE_URL; never the records database OPSFLOW_DATABASE_URL).",
         show_default=False,
     ),
 ]
@@ -56,9 +56,13 @@ def run(
         url = params.get("database_url")
         settings = load_settings(params.get("environment"), database_url=url)
         if needs_database:
+            from flows.maintenance.guard import WRITING_PROCEDURES, writable_target
             from flows.maintenance.pg import Target
 
-            Target.from_url(settings.require_database())
+            if flow in WRITING_PROCEDURES:  # refused here too, before a flow run is started
+                writable_target(settings, WRITING_PROCEDURES[flow])
+            else:
+                Target.from_url(settings.require_database())
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code

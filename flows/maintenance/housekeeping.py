@@ -37,6 +37,7 @@ from pydantic import SecretStr
 
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_PERMISSION, OpsflowError, ValidationError
+from flows.maintenance.guard import writable_target
 from flows.maintenance.pg import Target, connect, ident, scrub, translate
 from flows.maintenance.record import finish, recorded
 from flows.maintenance.retry import transient_retries
@@ -575,7 +576,7 @@ def purge_soft_deleted(
     `audit_schema.audit_log` holding the removed rows (created when missing). A dry run counts
     only. A table without the column: exit 3."""
     settings = load_settings(environment, database_url=database_url)
-    target = Target.from_url(settings.require_database())
+    target = writable_target(settings, "db purge")
     params = {
         "dry_run": dry_run,
         "database": str(target),

@@ -15,6 +15,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from flows.errors import EXIT_DRY_RUN
+from flows.maintenance.guard import writable_target
 from flows.maintenance.pg import Target, connect, database_exists, ident
 from flows.maintenance.record import Outcome, finish, recorded
 from flows.maintenance.retry import transient_retries
@@ -109,7 +110,7 @@ def init_database(
 ) -> dict[str, Any]:
     """Create the target database, its owner and read-only roles, and its schemas; idempotent."""
     settings = load_settings(environment, database_url=database_url)
-    target = Target.from_url(settings.require_database())
+    target = writable_target(settings, "db init")
     params = {"dry_run": dry_run, "database": str(target)} | plan_parameters(settings)
     with recorded("db-init", params, settings) as outcome:
         changes = ensure_roles(target, [settings.owner_role, settings.readonly_role], dry_run)

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from flows.errors import EXIT_DRY_RUN, OpsflowError
 from flows.maintenance.backup import backup_create, restore_database
 from flows.maintenance.backup_files import find_backup
+from flows.maintenance.guard import writable_target
 from flows.maintenance.migrations import Applied, Migration, discover, out_of_order, plan, refuse_changed
 from flows.maintenance.pg import Target, connect, run_tool
 from flows.maintenance.record import finish, recorded
@@ -164,7 +165,7 @@ def migrate(
     """Apply pending migrations in version order, backed up first and restored on failure."""
     logger = get_run_logger()
     settings = load_settings(environment, database_url=database_url, migrations_dir=migrations_dir)
-    target = Target.from_url(settings.require_database())
+    target = writable_target(settings, "db migrate")
     directory = settings.migrations_dir
     params = {"dry_run": dry_run, "backup": backup, "migrations_dir": str(directory), "database": str(target)}
     with recorded("db-migrate", params, settings) as outcome:

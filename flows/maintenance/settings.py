@@ -5,20 +5,24 @@ variables < command-line options. Every value is validated when a command starts
 exits 3 naming the setting. Connection URLs are `SecretStr`: their passwords are never
 printed, logged, passed on a command line or recorded (`redacted_url` is what people see).
 
-The target database and Redis are the application's, not opsflow's own records database
-(`OPSFLOW_DATABASE_URL`); seed 003's `DATABASE_URL` / `REDIS_URL` are accepted too.
+The target database and Redis are the application's, never opsflow's own records database:
+the target is read only from `OPSFLOW_TARGET_DATABASE_URL`, `DATABASE_URL` and `--database-url`,
+and `OPSFLOW_DATABASE_URL` (the records database, flows/records/db.py) is never one of its
+sources. Procedures that write to the target also refuse it when it is the records database
+(flows/maintenance/guard.py).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flows.errors import ValidationError
 
@@ -31,14 +35,17 @@ def _alias(name: str, *more: str) -> AliasChoices:
 
 
 class MaintenanceSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="OPSFLOW_", extra="ignore", populate_by_name=True, env_file_encoding="utf-8"
-    )
+    # No populate_by_name: with it, pydantic-settings also reads a field's own prefixed name
+    # (OPSFLOW_DATABASE_URL for database_url, the records database) from the environment and
+    # .env files beside its aliases. Keyword arguments still work: each alias list holds the name.
+    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore", env_file_encoding="utf-8")
 
     environment: str = Field("development", description="Which `.env.<environment>` file is read.")
     database_url: SecretStr | None = Field(
         None,
-        validation_alias=_alias("database_url", "OPSFLOW_TARGET_DATABASE_URL", "DATABASE_URL"),
+        # OPSFLOW_TARGET_DATABASE_URL, else DATABASE_URL (the alias `database_url`, read without
+        # the prefix); never OPSFLOW_DATABASE_URL: that is opsflow's records database.
+        validation_alias=AliasChoices("OPSFLOW_TARGET_DATABASE_URL", "database_url"),
         description="PostgreSQL the procedures maintain: postgresql://USER[:PASSWORD]@HOST:PORT/DB.",
     )
     redis_url: SecretStr = Field(
@@ -76,6 +83,17 @@ class MaintenanceSettings(BaseSettings):
         ["failed"], description="Which procedure outcomes are sent to notify_channels."
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[Callable[[], dict[str, Any]], ...]:
+        return init_settings, env_settings, _without_records_url(dotenv_settings), file_secret_settings
+
     @field_validator("schemas", "extensions")
     @classmethod
     def _identifiers(cls, values: list[str], info: Any) -> list[str]:
@@ -106,6 +124,23 @@ class MaintenanceSettings(BaseSettings):
         return self.database_url.get_secret_value()
 
 
+def _without_records_url(dotenv: PydanticBaseSettingsSource) -> Callable[[], dict[str, Any]]:
+    """The `.env.<environment>` values, less the records database's URL.
+
+    pydantic-settings hands back a line it does not know, `OPSFLOW_X=...`, as the extra `x`:
+    for OPSFLOW_DATABASE_URL (the records database) that is `database_url`, which the target
+    accepts as its own name. Kept only when the file really has a DATABASE_URL line."""
+
+    def values() -> dict[str, Any]:
+        data = dotenv()
+        lines = {str(name).lower() for name in getattr(dotenv, "env_vars", {})}
+        if "database_url" in data and "database_url" not in lines:
+            del data["database_url"]
+        return data
+
+    return values
+
+
 def load_settings(environment: str | None = None, **overrides: Any) -> MaintenanceSettings:
     """Settings for `environment` (default OPSFLOW_ENVIRONMENT), command-line `overrides` on top.
 
@@ -130,8 +165,10 @@ def load_settings(environment: str | None = None, **overrides: Any) -> Maintenan
             source = "--" + field.replace("_", "-")
         elif field in from_block:
             source = f"{field} in block opsflow-environment-settings/{env}"
+        elif field.upper() in {"DATABASE_URL", "OPSFLOW_TARGET_DATABASE_URL"}:
+            source = "OPSFLOW_TARGET_DATABASE_URL (or DATABASE_URL)"
         else:
-            source = f"OPSFLOW_{field.upper()}"
+            source = field.upper() if field.upper().startswith("OPSFLOW_") else f"OPSFLOW_{field.upper()}"
         raise ValidationError(f"setting {source}: {problem['msg']}") from None
 
 

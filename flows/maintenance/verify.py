@@ -22,6 +22,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from flows.errors import EXIT_DRY_RUN, DependencyError
+from flows.maintenance.guard import writable_target
 from flows.maintenance.init import init_database
 from flows.maintenance.migrate import history_head, migrate, read_applied
 from flows.maintenance.migrations import discover, plan
@@ -78,7 +79,7 @@ def extensions(
 ) -> dict[str, Any]:
     """Deploy the required extensions (OPSFLOW_EXTENSIONS); needs migrations applied first."""
     settings = load_settings(environment, database_url=database_url)
-    target = Target.from_url(settings.require_database())
+    target = writable_target(settings, "db extensions")
     params = {"dry_run": dry_run, "extensions": settings.extensions, "database": str(target)}
     with recorded("db-extensions", params, settings) as outcome:
         with connect(target) as conn:
@@ -180,7 +181,7 @@ def setup(environment: str | None = None, database_url: SecretStr | None = None)
     """init → migrate → extensions → verify, in that order; stops at the first that fails."""
     steps = [("init", init_database), ("migrate", migrate), ("extensions", extensions), ("verify", verify)]
     settings = load_settings(environment, database_url=database_url)
-    target = Target.from_url(settings.require_database())
+    target = writable_target(settings, "db setup")
     with recorded("db-setup", {"database": str(target)}, settings) as outcome:
         done = []
         for name, step in steps:

@@ -1,0 +1,218 @@
+"""The maintenance target is never opsflow's own records database.
+
+With both `OPSFLOW_DATABASE_URL` (the records) and `OPSFLOW_TARGET_DATABASE_URL` set, every
+procedure once acted on the records database: a failing migration "restored" it and renamed
+the live one aside. Now the target reads only `OPSFLOW_TARGET_DATABASE_URL`, `DATABASE_URL`
+and `--database-url`, and the procedures that write to it refuse the records database (exit 3).
+All of it on real PostgreSQL databases of the test's own and the session's Prefect server.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from flows.batch import main
+from flows.errors import ValidationError
+from flows.maintenance.audit import enable_audit_trail
+from flows.maintenance.backup import backup_create, backup_restore
+from flows.maintenance.housekeeping import analyze_tables, purge_soft_deleted
+from flows.maintenance.init import init_database
+from flows.maintenance.migrate import migrate, migration_status
+from flows.maintenance.settings import load_settings
+from flows.maintenance.verify import extensions, setup
+from flows.records import db as records_store
+from tests.conftest import ROOT
+from tests.maintenance.conftest import url_for
+
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_api")]
+
+# Rows soft-deleted long ago: what `purge` would remove from whichever database it is aimed at.
+NOTES = """
+CREATE TABLE notes (id serial PRIMARY KEY, body text, deleted_at timestamptz);
+INSERT INTO notes (body, deleted_at) SELECT 'old ' || g, now() - interval '200 days'
+FROM generate_series(1, 40) g;
+"""
+
+
+def rows(url: str, query: str) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else []
+
+
+def regclass(url: str, name: str) -> str | None:
+    return rows(url, f"SELECT to_regclass('{name}')::text")[0][0]
+
+
+def databases(admin_url: str, prefix: str) -> list[str]:
+    found = rows(admin_url, f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%' ORDER BY 1")
+    return [name for (name,) in found]
+
+
+@pytest.fixture
+def records_db(pg_admin_url, scratch_db_name, tmp_path, monkeypatch):
+    """A PostgreSQL records database (OPSFLOW_DATABASE_URL) holding its tables; backups of the test's own."""
+    name = f"{scratch_db_name}_records"
+    rows(pg_admin_url, f'CREATE DATABASE "{name}"')
+    url = url_for(pg_admin_url, name)
+    monkeypatch.setenv("OPSFLOW_DATABASE_URL", url)
+    monkeypatch.setenv("OPSFLOW_BACKUP_DIR", str(tmp_path / "backups"))
+    for unset in ("OPSFLOW_TARGET_DATABASE_URL", "DATABASE_URL"):
+        monkeypatch.delenv(unset, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env.<environment> of the checkout is read
+    records_store.dispose_engines()
+    records_store.get_engine()  # the record tables, as any opsflow command creates them
+    try:
+        yield url
+    finally:
+        records_store.dispose_engines()
+
+
+def test_the_records_url_is_never_the_target(records_db, tmp_path, monkeypatch):
+    assert load_settings().database_url is None  # OPSFLOW_DATABASE_URL alone gives no target
+    (tmp_path / ".env.production").write_text(f"OPSFLOW_DATABASE_URL={records_db}\n")
+    assert load_settings("production").database_url is None
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal/app")
+    assert load_settings().require_database() == "postgresql://app@db.internal/app"
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", "postgresql://ops@db.internal/shop")
+    assert load_settings().require_database() == "postgresql://ops@db.internal/shop"
+    assert load_settings(database_url=SecretStr("postgresql://cli@h/x")).require_database() == (
+        "postgresql://cli@h/x"
+    )
+    assert records_store.database_url().endswith("/" + records_db.rsplit("/", 1)[1])  # records stay put
+
+
+def test_each_procedure_acts_on_the_target_with_both_urls_set(
+    records_db, pg_admin_url, scratch_db_name, tmp_path, monkeypatch
+):
+    target = url_for(pg_admin_url, scratch_db_name)
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", target)
+    folder = tmp_path / "migrations"
+    shutil.copytree(ROOT / "deployments" / "migrations", folder)
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+    assert load_settings().require_database() == target
+
+    assert init_database()["exit_code"] == 0
+    assert rows(target, "SELECT nspname FROM pg_namespace WHERE nspname = 'app'") == [("app",)]
+
+    status = migration_status(load_settings())
+    assert status["database"].endswith("/" + scratch_db_name) and status["pending"] == 3
+
+    done = migrate()
+    assert done["exit_code"] == 0 and [m["version"] for m in done["details"]["applied"]] == [1, 2, 3]
+    assert regclass(target, "app.songs") == "app.songs"
+    assert len(rows(target, "SELECT 1 FROM migration_history")) == 3
+
+    rows(
+        target,
+        "INSERT INTO app.users (email) VALUES ('a@example.com');"
+        "INSERT INTO app.songs (user_id, title, deleted_at) SELECT 1, 'old ' || g, now() - interval '200 days'"
+        " FROM generate_series(1, 25) g",
+    )
+    purged = purge_soft_deleted(table="app.songs", older_than="90d")
+    assert purged["exit_code"] == 0 and purged["rows"] == 25
+    assert rows(target, "SELECT count(*) FROM app.songs") == [(0,)]
+
+    backup = backup_create(label="both-set")["details"]
+    assert backup["database"] == scratch_db_name
+    rows(target, "INSERT INTO app.users (email) VALUES ('after-backup@example.com')")
+    restored = backup_restore(backup=backup["id"])
+    assert restored["exit_code"] == 0
+    assert rows(target, "SELECT email FROM app.users ORDER BY id") == [("a@example.com",)]
+
+    # The records database was only written to as the records: no migration, purge or swap there.
+    for name in ("migration_history", "audit_log", "app.songs"):
+        assert regclass(records_db, name) is None, name
+    assert rows(records_db, "SELECT nspname FROM pg_namespace WHERE nspname = 'app'") == []
+    assert databases(pg_admin_url, f"{scratch_db_name}_records") == [f"{scratch_db_name}_records"]
+    logged = rows(records_db, "SELECT script_name, parameters::text FROM script_execution_log ORDER BY id")
+    assert [n for n, _ in logged] == [
+        "db-init",
+        "db-migrate",
+        "db-backup-create",  # migrate's own backup first
+        "db-purge",
+        "db-backup-create",
+        "db-backup-restore",
+    ]
+    assert all(scratch_db_name in p and f"{scratch_db_name}_records" not in p for _, p in logged)
+
+
+def _refused(state) -> ValidationError:
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ValidationError), error
+    assert error.exit_code == 3
+    text = str(error)
+    assert "OPSFLOW_TARGET_DATABASE_URL" in text and "OPSFLOW_DATABASE_URL" in text, text
+    assert "records database" in text and "\n" not in text
+    return error
+
+
+# Each procedure that writes to the target, by its flow and its command line.
+WRITERS = {
+    "init": (lambda: init_database(return_state=True), ["db", "init"]),
+    "migrate": (lambda: migrate(return_state=True), ["db", "migrate"]),
+    "extensions": (lambda: extensions(return_state=True), ["db", "extensions"]),
+    "setup": (lambda: setup(return_state=True), ["db", "setup"]),
+    "restore": (
+        lambda: backup_restore(backup="latest", return_state=True),
+        ["db", "backup", "restore", "latest"],
+    ),
+    "purge": (
+        lambda: purge_soft_deleted(table="notes", older_than="90d", return_state=True),
+        ["db", "purge", "notes", "--older-than", "90d"],
+    ),
+    "audit-enable": (
+        lambda: enable_audit_trail(tables=["notes"], return_state=True),
+        ["db", "audit", "enable", "notes"],
+    ),
+}
+
+
+@pytest.mark.parametrize("procedure", list(WRITERS))
+def test_writing_procedures_refuse_the_records_database(
+    procedure, records_db, pg_admin_url, scratch_db_name, tmp_path, monkeypatch, capsys
+):
+    rows(records_db, NOTES)
+    folder = tmp_path / "migrations"
+    shutil.copytree(ROOT / "deployments" / "migrations", folder)
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+    name = f"{scratch_db_name}_records"
+    # The same database spelled otherwise: another scheme, host alias, the default port left out.
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", f"postgresql+psycopg://postgres@localhost/{name}")
+    # A backup of the records database may be taken (it changes nothing); restoring it is refused.
+    assert backup_create(label="records")["exit_code"] == 0
+
+    run_flow, command = WRITERS[procedure]
+    _refused(run_flow())
+
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    assert done.value.code == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "OPSFLOW_DATABASE_URL" in errors[0] and "refused" in errors[0], errors
+
+    # Given on the command line, with the records' own URL, it is refused all the same.
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--database-url", records_db])
+    assert done.value.code == 3
+
+    assert rows(records_db, "SELECT count(*) FROM notes") == [(40,)]
+    for table in ("migration_history", "audit_log"):
+        assert regclass(records_db, table) is None, table
+    assert rows(records_db, "SELECT nspname FROM pg_namespace WHERE nspname = 'app'") == []
+    assert rows(records_db, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == [(0,)]
+    assert databases(pg_admin_url, name) == [name]  # not swapped aside
+
+
+def test_read_only_procedures_may_read_the_records_database(records_db, monkeypatch):
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", records_db)
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(ROOT / "deployments" / "migrations"))
+    rows(records_db, NOTES)
+    assert migration_status(load_settings())["pending"] == 3
+    assert analyze_tables(tables=["notes"])["exit_code"] == 0
+    assert backup_create(label="records")["exit_code"] == 0
+    assert rows(records_db, "SELECT count(*) FROM notes") == [(40,)]
