@@ -32,6 +32,7 @@ from flows.errors import ConnectionFailure, OpsflowError, PermissionFailure, Val
 
 # Imported for its side effect: the record tables must be in SQLModel.metadata before create_all.
 from flows.records import breakers as _breakers  # noqa: F401
+from flows.records import locks as _locks  # noqa: F401
 from flows.records import models as _models  # noqa: F401
 from flows.records import procedures as _procedures  # noqa: F401
 from flows.records import workflows as _workflows  # noqa: F401

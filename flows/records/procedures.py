@@ -155,3 +155,13 @@ def release_history(session: Session, environment: str | None = None, limit: int
     if environment:
         query = query.where(ReleaseRecord.environment == environment)
     return list(session.exec(query))
+
+
+def went_live(session: Session, environment: str, version: str) -> bool:
+    """Whether `version` was ever put live in `environment` (released, or brought back by a rollback)."""
+    query = select(ReleaseRecord.id).where(
+        ReleaseRecord.environment == environment,
+        ReleaseRecord.version == version,
+        col(ReleaseRecord.outcome).in_(["released", "rolled_back"]),
+    )
+    return session.exec(query.limit(1)).first() is not None

@@ -4,6 +4,9 @@
     release status [-e ENV] [--json]       what blue, green and live serve, and their health
     release rollback [-e ENV]              traffic back to the other color
     release stop [-e ENV]                  stop the router and both instances
+
+One release operation (deploy, rollback, stop) per environment at a time: a second one is
+refused with exit 2, naming the run that holds the environment (flows/release/lock.py).
     release history [-e ENV] [--json]      the release_log records
 
 Each environment has its own target directory (--root, else $OPSFLOW_RELEASE_ROOT/ENV, else
@@ -56,6 +59,19 @@ def _flow_ports(root: str | None, env: str, blue, green, router) -> dict[str, An
     return {"blue_port": ports["blue"], "green_port": ports["green"], "router_port": ports["router"]}
 
 
+def _refused(console: Console, env: str) -> int | None:
+    """The exit code when another operation holds `env` (its line printed), before any flow run."""
+    from flows.errors import OpsflowError
+    from flows.release.lock import refuse_if_held
+
+    try:
+        refuse_if_held(env)
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
+    return None
+
+
 @release_app.command("deploy")
 def deploy(
     version: Annotated[str, typer.Argument(help="Version to release, e.g. 1.4.2.", show_default=False)],
@@ -85,6 +101,8 @@ def deploy(
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
+    if (refused := _refused(console, env)) is not None:
+        return refused
     return run_procedure(
         console,
         "flows.release.flow:release",
@@ -118,6 +136,8 @@ def rollback(
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
+    if (refused := _refused(console, env)) is not None:
+        return refused
     return run_procedure(
         console,
         "flows.release.rollback:rollback_release",
@@ -175,13 +195,22 @@ def status(
 
 @release_app.command("stop")
 def stop(env: Env = "staging", root: Root = None, verbose: Verbose = False, quiet: Quiet = False) -> int:
-    """Stop the router and both instances of an environment (the release files stay)."""
+    """Stop the router and both instances of an environment (the release files stay).
+
+    Refused (exit 2) while another release operation of the environment runs or waits for approval."""
+    from flows.errors import OpsflowError
     from flows.release import instances
+    from flows.release.lock import environment_lock
     from flows.release.target import release_root
 
     console = Console(verbose=verbose, quiet=quiet)
     path = release_root(root, env)
-    stopped = [name for name in ("router", "blue", "green") if instances.stop(path, name)]
+    try:
+        with environment_lock(env, "release stop", console.warning):
+            stopped = [name for name in ("router", "blue", "green") if instances.stop(path, name)]
+    except OpsflowError as err:
+        console.error(str(err))
+        return err.exit_code
     console.info(f"stopped {', '.join(stopped)}" if stopped else f"nothing running under {path}")
     return EXIT_OK
 

@@ -7,7 +7,11 @@
              (flows/approval.py); a rejection or no decision in time rolls back
     switch   `current` -> idle color: the router now sends traffic there
     verify   /health through the router shows the new version (retried); else switch back
-The old color keeps running unchanged, so `release rollback` is one more switch. Every attempt
+The old color keeps running unchanged, so `release rollback` is one more switch. A failed,
+rejected or timed-out release puts `current` back to the color live before it, whoever moved
+it meanwhile, and only then stops or restores the idle color. The environment's release lock
+(flows/release/lock.py) is held from the live check to the end, so no rollback, stop or other
+deploy runs in between (they are refused, exit 2). Every attempt
 leaves a `release_log` row and a `script_execution_log` row; the run ends Failed when the
 release did not go live, so the UI, `trigger --wait` and the terminal agree.
 """
@@ -28,6 +32,7 @@ from flows.approval import request_approval
 from flows.errors import OpsflowError, ValidationError
 from flows.maintenance.record import finish, recorded
 from flows.release import instances
+from flows.release.lock import environment_lock
 from flows.release.target import COLORS, Target, check_version, release_root
 from flows.workflow.notifications import RunNotifier
 
@@ -115,20 +120,27 @@ def verify_live(router_port: int, version: str) -> dict[str, Any]:
     return healthy_version(instances.health_url(router_port), version)
 
 
+def put_back_current(root: Path, state: dict[str, Any]) -> str | None:
+    """`current` back to the color live before the release (none on a first release), whoever
+    moved it and whether the release had switched or not; what was done, or None if nothing."""
+    target = Target(root)
+    if target.live() == state["live"] and (state["live"] or not target.link("current").is_symlink()):
+        return None
+    if state["live"]:
+        target.point("current", state["live"])
+        return f"traffic back on {state['live']} ({state['live_version']})"
+    target.link("current").unlink(missing_ok=True)
+    return "no traffic: this was the first release"
+
+
 @task(name="release-rollback", cache_policy=NO_CACHE, persist_result=False)
-def roll_back(
-    root: Path, state: dict[str, Any], ports: dict[str, int], router_port: int, switched: bool
-) -> str:
-    """Put back what was live before: `current` to the old color, the idle link to its old release."""
+def roll_back(root: Path, state: dict[str, Any], ports: dict[str, int], router_port: int) -> str:
+    """Put back what was live before: `current` to the old color, the idle link to its old release.
+
+    `current` is put back first, so the idle color is never what serves traffic when it is
+    stopped or restarted below."""
     target, idle = Target(root), state["idle"]
-    done = []
-    if switched:
-        if state["live"]:
-            target.point("current", state["live"])
-            done.append(f"traffic back on {state['live']} ({state['live_version']})")
-        else:
-            target.link("current").unlink(missing_ok=True)
-            done.append("no traffic: this was the first release")
+    done = [line for line in [put_back_current(root, state)] if line]
     if state["idle_previous"]:
         target.point(idle, state["idle_previous"])
         instances.start_instance(root, idle, ports[idle])
@@ -137,7 +149,7 @@ def roll_back(
         instances.stop(root, idle)
         target.link(idle).unlink(missing_ok=True)
         done.append(f"{idle} stopped")
-    if switched and state["live"]:
+    if state["live"]:
         status, doc = instances.probe(instances.health_url(router_port))
         done.append(f"live health after rollback: {status} {doc.get('version', doc.get('error', ''))}")
     get_run_logger().warning("rolled back: " + "; ".join(done))
@@ -189,31 +201,37 @@ def release(
         "root": str(root_path),
         "approval": approval,
     }
-    with recorded("release", params, environment) as outcome:
+    with (
+        recorded("release", params, environment) as outcome,
+        environment_lock(environment, f"release deploy {version}", logger.warning) as lock,
+    ):
         record = _record_start(environment, version, run_id)
         notifier.emit("started")
         state = check_live(root_path, router_port, ports)
-        idle, switched, decision = state["idle"], False, None
+        idle, decision = state["idle"], None
         _record_update(record, previous_version=state["live_version"], color=idle)
         try:
             deploy_idle(root_path, idle, ports[idle], src, version)
             test_color(ports[idle], version)
             if must_approve:
                 what = f"switch {environment} traffic to {idle} ({version}, live: {state['live_version'] or 'none'})"
-                decision = request_approval(
-                    what,
-                    timeout=wait,
-                    key=f"release-{version}",
-                    announce=lambda line: notifier.emit("requires_approval", detail=line),
-                )
+                lock.set_waiting("approval")  # so a refused operation is told how to decide it
+                try:
+                    decision = request_approval(
+                        what,
+                        timeout=wait,
+                        key=f"release-{version}",
+                        announce=lambda line: notifier.emit("requires_approval", detail=line),
+                    )
+                finally:
+                    lock.set_waiting(None)
                 if not decision.approved:
                     raise ReleaseFailed(f"approval {decision.describe()}")
-            switched = True  # from here on, a rollback puts `current` back (a no-op if unchanged)
             switch_traffic(root_path, idle)
             verify_live(router_port, version)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, OpsflowError) else f"{type(exc).__name__}: {exc}"
-            undone = roll_back(root_path, state, ports, router_port, switched)
+            undone = roll_back(root_path, state, ports, router_port)
             kind = "rejected" if decision is not None and not decision.approved else "rolled_back"
             outcome.fail(f"{environment}: {version} not released, rolled back ({reason}); {undone}")
             outcome.details = {
@@ -229,6 +247,10 @@ def release(
                 done=True,
             )
             notifier.emit("rolled_back", duration=time.monotonic() - started, failed=[reason], detail=undone)
+        except BaseException:
+            # Cancelled or interrupted: no task runs any more, but traffic still goes back.
+            put_back_current(root_path, state)
+            raise
         else:
             kept = f"; {state['live']} keeps {state['live_version']} for rollback" if state["live"] else ""
             outcome.message = f"{environment}: {version} is live on {idle} (:{router_port}){kept}"

@@ -1,19 +1,25 @@
 """`release rollback`: send traffic back to the other color, which still serves the previous release.
 
-The flow refuses (exit 2) when the other color serves nothing or is not healthy: switching to
-it would take the service down. It leaves a `release_log` row with outcome `rolled_back`.
+The flow holds the environment's release lock (flows/release/lock.py): while a deploy runs or
+waits for approval, a rollback is refused (exit 2) instead of switching to the color that
+deploy is preparing. It also refuses (exit 2) when the other color serves nothing, serves a
+version that never went live in this environment (no `released` or `rolled_back` row in the
+release log: say, what a killed deploy left there unapproved), or is not healthy: switching
+to it would put an unapproved release live or take the service down. It leaves a
+`release_log` row with outcome `rolled_back`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.errors import DependencyError, OpsflowError
 from flows.maintenance.record import finish, recorded
 from flows.release import instances
 from flows.release.flow import _record_start, _record_update, switch_traffic, verify_live
+from flows.release.lock import environment_lock
 from flows.release.target import Target, other, release_root
 
 
@@ -32,13 +38,21 @@ def rollback_release(
     root_path = release_root(root, environment)
     target, ports = Target(root_path), {"blue": blue_port, "green": green_port}
     params = {"environment": environment, "root": str(root_path), "reason": reason}
-    with recorded("release-rollback", params, environment) as outcome:
+    with (
+        recorded("release-rollback", params, environment) as outcome,
+        environment_lock(environment, "release rollback", get_run_logger().warning),
+    ):
         live = target.live()
         if live is None:
             raise DependencyError(f"nothing to roll back in {root_path}: no release is live")
         back, version = other(live), target.version(other(live))
         if version is None:
             raise DependencyError(f"{back} serves no release in {root_path}: nothing to roll back to")
+        if not _went_live(environment, version):
+            raise DependencyError(
+                f"{back} serves {version}, which never went live in {environment} (no release of it in "
+                f"the release log): not switching to it — release it with `release deploy {version}`"
+            )
         status, doc = instances.probe(instances.health_url(ports[back]))
         if status != 200 or doc.get("version") != version:
             raise DependencyError(
@@ -62,3 +76,11 @@ def rollback_release(
         )
         outcome.details = {"live": back, "live_version": version, "previous": target.version(live)}
     return finish(outcome)
+
+
+def _went_live(environment: str, version: str) -> bool:
+    from flows.records.db import session
+    from flows.records.procedures import went_live
+
+    with session() as db:
+        return went_live(db, environment, version)

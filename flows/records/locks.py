@@ -1,0 +1,235 @@
+"""The `operation_lock` table: one operation at a time per key, across processes and machines.
+
+A row per key (`release:production`) names its holder: what it does, its Prefect flow run,
+its host and process, when it took the lock and when it last said it was alive. Taking the
+lock is one transaction that inserts the row if absent and then reads it locked
+(`SELECT ... FOR UPDATE` on PostgreSQL, SQLite's write lock), so of two takers at the same
+moment exactly one wins, on either backend.
+
+A holder that dies (SIGKILL, a lost machine) cannot remove its row, so the row alone never
+blocks for ever: on the holder's own host the lock is free as soon as its process is gone
+(the pid is checked together with the process's start time, so a reused pid does not count);
+from another host, once its heartbeat is older than the lease. While it holds the lock, a
+holder's background thread renews the heartbeat every quarter of the lease, and a holder
+releases its row (and only its own row, by token) however it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+from sqlalchemy import delete, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Field, Session, SQLModel, select
+
+from flows.errors import DependencyError
+from flows.records.models import UTCDateTime, utcnow
+
+#: How long a holder on another host counts as alive after its last heartbeat.
+LEASE_SECONDS = 60.0
+
+
+class OperationLock(SQLModel, table=True):
+    __tablename__ = "operation_lock"
+
+    key: str = Field(primary_key=True)
+    token: str  # this acquisition's own: heartbeats and release touch only their own row
+    operation: str  # what holds it, as a command: "release deploy 2.2.0"
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    host: str
+    pid: int
+    pid_started: str | None = None  # the process's start time, so a reused pid is not the holder
+    waiting_for: str | None = None  # e.g. "approval" while the holder waits for a decision
+    acquired_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LockHeld(DependencyError):
+    """Another live operation holds the lock (exit 2); `holder` is its row."""
+
+    def __init__(self, holder: OperationLock) -> None:
+        super().__init__(f"{holder.key} is held by {describe(holder)}")
+        self.holder = holder
+
+
+def describe(row: OperationLock) -> str:
+    run = f" in flow run {row.flow_run_name!r} ({row.flow_run_id})" if row.flow_run_id else ""
+    since = row.acquired_at.strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"`{row.operation}`{run} on {row.host} (pid {row.pid}) since {since}"
+
+
+def process_started(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot, from /proc), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    """Whether process `pid` of this host runs, and is the one that started at `started`."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if fields[0] == "Z":  # exited, not yet reaped by its parent
+        return False
+    return started is None or fields[19] == started
+
+
+def holder_alive(row: OperationLock, now: datetime, lease: float = LEASE_SECONDS) -> bool:
+    if row.host == socket.gethostname():
+        return process_alive(row.pid, row.pid_started)
+    return now - row.heartbeat_at < timedelta(seconds=lease)
+
+
+@dataclass
+class HeldLock:
+    """A lock this process holds: heartbeats until `release()`."""
+
+    key: str
+    token: str
+    url: str | None = None
+    took_over: OperationLock | None = None  # the dead holder whose row this one replaced
+    lost: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def set_waiting(self, what: str | None) -> None:
+        """Say what the holder waits for (shown to those refused), or None when it goes on."""
+        self._update(waiting_for=what)
+
+    def heartbeat(self) -> bool:
+        """Renew the lease; False when the row is no longer ours (taken over as dead)."""
+        return self._update(heartbeat_at=utcnow())
+
+    def _update(self, **values: object) -> bool:
+        from flows.records.db import session
+
+        with session(self.url) as db:
+            done = db.exec(
+                update(OperationLock)
+                .where(OperationLock.key == self.key, OperationLock.token == self.token)
+                .values(**values)
+            )
+        self.lost = self.lost or done.rowcount != 1
+        return not self.lost
+
+    def start_heartbeat(self, interval: float, warn: Callable[[str], None]) -> None:
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.heartbeat():
+                        warn(f"lost the lock {self.key}: another operation took it over")
+                        return
+                except Exception as exc:  # a records database down for a moment: try again later
+                    warn(f"could not renew the lock {self.key}: {exc}")
+
+        self._thread = threading.Thread(target=beat, name=f"lock-heartbeat-{self.key}", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        from flows.records.db import session
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with session(self.url) as db:
+            db.exec(
+                delete(OperationLock).where(OperationLock.key == self.key, OperationLock.token == self.token)
+            )
+
+
+def acquire(
+    key: str,
+    operation: str,
+    *,
+    flow_run_id: str | None = None,
+    flow_run_name: str | None = None,
+    url: str | None = None,
+    lease: float = LEASE_SECONDS,
+    warn: Callable[[str], None] | None = None,
+) -> HeldLock:
+    """Take the lock `key` for `operation`, or raise `LockHeld` naming its live holder.
+
+    A holder found dead (see the module's doc) is replaced in the same transaction; the
+    returned lock then says whom it `took_over`. With `warn`, a thread renews the heartbeat
+    every quarter of `lease` until `release()`.
+    """
+    from flows.records.db import session
+
+    pid = os.getpid()
+    mine = {
+        "key": key,
+        "token": uuid4().hex,
+        "operation": operation,
+        "flow_run_id": flow_run_id,
+        "flow_run_name": flow_run_name,
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_started": process_started(pid),
+        "waiting_for": None,
+    }
+    took_over = None
+    with session(url) as db:
+        row = _lock_row(db, mine)
+        if row.token != mine["token"]:
+            now = utcnow()
+            if holder_alive(row, now, lease):
+                db.expunge(row)
+                raise LockHeld(row)
+            took_over = OperationLock.model_validate(row.model_dump())
+            for name, value in mine.items():
+                setattr(row, name, value)
+            row.acquired_at = row.heartbeat_at = now
+            db.add(row)
+    held = HeldLock(key, mine["token"], url, took_over)
+    if warn is not None:
+        held.start_heartbeat(lease / 4, warn)
+    return held
+
+
+def _lock_row(db: Session, mine: dict[str, object]) -> OperationLock:
+    """The row of `mine['key']`, inserted as `mine` when absent, locked until the commit."""
+    conn = db.connection()
+    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: concurrent takers queue up
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    new_row = insert(OperationLock).values(**mine, acquired_at=now, heartbeat_at=now)
+    db.exec(new_row.on_conflict_do_nothing(index_elements=["key"]))
+    return db.exec(select(OperationLock).where(OperationLock.key == mine["key"]).with_for_update()).one()
+
+
+def holder_of(key: str, url: str | None = None) -> OperationLock | None:
+    """The row holding `key` now (alive or not), or None."""
+    from flows.records.db import session
+
+    with session(url) as db:
+        row = db.get(OperationLock, key)
+        if row is not None:
+            db.expunge(row)
+        return row
+
+
+def live_holder(key: str, url: str | None = None, lease: float = LEASE_SECONDS) -> OperationLock | None:
+    """The row holding `key` when its holder is alive, else None (a read: `acquire` decides)."""
+    row = holder_of(key, url)
+    return row if row is not None and holder_alive(row, utcnow(), lease) else None
