@@ -4,10 +4,10 @@
     release status [-e ENV] [--json]       what blue, green and live serve, and their health
     release rollback [-e ENV]              traffic back to the other color
     release stop [-e ENV]                  stop the router and both instances
+    release history [-e ENV] [--json]      the release_log records
 
 One release operation (deploy, rollback, stop) per environment at a time: a second one is
 refused with exit 2, naming the run that holds the environment (flows/release/lock.py).
-    release history [-e ENV] [--json]      the release_log records
 
 Each environment has its own target directory (--root, else $OPSFLOW_RELEASE_ROOT/ENV, else
 ~/.opsflow/releases/ENV) and its own ports. A production release waits for `opsflow approve`.
@@ -97,7 +97,9 @@ def deploy(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> int:
-    """Release VERSION blue-green: deploy to the idle color, test, approve, switch, verify; roll back on failure."""
+    """Release VERSION blue-green: deploy to the idle color, test, approve, switch, verify; roll back on failure.
+
+    Refused (exit 2) while another release operation of the environment runs or waits for approval."""
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
@@ -132,7 +134,10 @@ def rollback(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> int:
-    """Switch traffic back to the other color (the previous release), if it is healthy."""
+    """Switch traffic back to the other color (the previous release), if it is healthy.
+
+    Refused (exit 2) while another release operation of the environment runs or waits for
+    approval, and when the other color serves a version that never went live there."""
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
