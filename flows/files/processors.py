@@ -1,7 +1,8 @@
 """What turns one input file into one output: a small interface and its three kinds.
 
 - a command template: `gzip -c {input} > {output}` (`{input}`, `{output}`, `{name}` are
-  shell-quoted; a template without shell syntax runs without a shell, as xargs would);
+  quoted for where they land, and refused where no quoting is safe, e.g. `sh -c '... {input}'`;
+  a template without shell syntax runs without a shell, as xargs would);
 - a Python callable: `package.module:function` called as `function(input_path, output_path)`;
 - the built-in `records:SCHEMA.json`: JSON / JSON Lines / CSV records validated against a JSON
   Schema and written as JSON Lines, with a per-record error report.
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flows.errors import ValidationError
+from flows.shellquote import ARITH, Hole, Shape, Slot, UnsafeValue, analyse, check_value, quote_text
 from flows.workflow.shell import run_command
-from flows.workflow.shellctx import ACTION, quote_contexts, quote_in
 
 PLACEHOLDER = re.compile(r"\{(input|output|name)\}")
 SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\\"'*?\[\]#~=%{}\n]")
@@ -76,17 +77,20 @@ class CommandProcessor:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uses_output", "{output}" in self.template)
-        for context in self.contexts:
-            try:
-                quote_in(context, "")
-            except ValueError as exc:
-                raise ValidationError(
-                    f"processor template: {exc} — move {{input}}/{{output}}/{{name}} out of it"
-                ) from None
         unknown = set(re.findall(r"\{(\w*)\}", self.template)) - {"input", "output", "name"}
         if unknown:
             raise ValidationError(
                 f"processor template uses {{{sorted(unknown)[0]}}}; only {{input}}, {{output}} and {{name}} exist"
+            )
+        shape = self.shape
+        if shape.problem:
+            raise ValidationError(f"processor template: {shape.problem.replace('VALUE', '{input}')}")
+        arithmetic = next((slot for slot in shape.slots if slot.kind == ARITH), None)
+        if arithmetic is not None:
+            raise ValidationError(
+                f"processor template: line {arithmetic.line} of the command: a placeholder lands in "
+                "arithmetic (`$(( ))`, `a[...]`), where bash evaluates text such as `a[$(cmd)]` in a file "
+                "name — pass it to a program as an argument instead"
             )
 
     @property
@@ -98,17 +102,32 @@ class CommandProcessor:
 
     def argv_or_script(self, input_path: Path, output_path: Path | None) -> str | list[str]:
         values = {"input": str(input_path), "output": str(output_path or ""), "name": input_path.name}
+        slots = iter(self.shape.slots)
+
+        def value(match: re.Match[str], slot: Slot) -> str:
+            text = values[match.group(1)]
+            try:
+                check_value(slot, text, shown=f"{{{match.group(1)}}}")
+            except UnsafeValue as exc:
+                raise ProcessingFailed(str(exc)) from None
+            return text
+
         literal = PLACEHOLDER.sub("", self.template)
         if not SHELL_SYNTAX.search(literal):
             # No shell syntax: split the template, then substitute whole words; no shell, no quoting needed.
-            return [PLACEHOLDER.sub(lambda m: values[m.group(1)], w) for w in shlex.split(self.template)]
+            return [PLACEHOLDER.sub(lambda m: value(m, next(slots)), w) for w in shlex.split(self.template)]
         # Each value quoted for where it stands: `cat "{input}"` must not run `$(...)` in a file name.
-        contexts = iter(self.contexts)
-        return PLACEHOLDER.sub(lambda m: quote_in(next(contexts), values[m.group(1)]), self.template)
+        return PLACEHOLDER.sub(lambda m: quote_text(slot := next(slots), value(m, slot)), self.template)
 
     @property
-    def contexts(self) -> list[str]:
-        return quote_contexts(PLACEHOLDER.sub(ACTION, self.template))
+    def shape(self) -> Shape:
+        """Where each placeholder lands (flows/shellquote.py)."""
+        parts: list[str | Hole] = []
+        pos = 0
+        for match in PLACEHOLDER.finditer(self.template):
+            parts += [self.template[pos : match.start()], Hole()]
+            pos = match.end()
+        return analyse([*parts, self.template[pos:]])
 
     def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
         command = self.argv_or_script(input_path, output.path if output else None)

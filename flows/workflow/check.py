@@ -10,13 +10,13 @@ import os
 from dataclasses import dataclass, field
 
 from flows.errors import ValidationError
+from flows.shellquote import ARITH, UNQUOTED
 from flows.workflow.conditions import check_health_marks, check_rollback
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.metrics import check_metrics
 from flows.workflow.params import BUILTIN_NAMES
 from flows.workflow.recovery import check_recovery
-from flows.workflow.shellctx import ANSI, BACKTICK
 from flows.workflow.spec import Step
 from flows.workflow.template import Template, compile_template
 from flows.workflow.units import format_cpu, format_memory
@@ -112,6 +112,7 @@ def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
 
 
 SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "ash", "busybox"}
+NUMBER_KINDS = ("int", "float")
 
 
 def _check_quoting(loaded: LoadedWorkflow, graph: Graph, loc: Location, template: Template) -> None:
@@ -119,13 +120,6 @@ def _check_quoting(loaded: LoadedWorkflow, graph: Graph, loc: Location, template
     if not template.has_values():
         return
     where = loaded.where(loc)
-    for context in template.quote_contexts():
-        if context in (ANSI, BACKTICK):
-            where_text = "$'...'" if context == ANSI else "backticks"
-            instead = "move it out of the quotes" if context == ANSI else "write $( ... ) instead"
-            raise ValidationError(
-                f"a template value inside {where_text} cannot be quoted safely — {instead}", where=where
-            )
     source = template.source
     interpreter = source.splitlines()[0][2:].split() if source.startswith("#!") else []
     if interpreter and os.path.basename(interpreter[0]) == "env" and len(interpreter) > 1:
@@ -138,6 +132,60 @@ def _check_quoting(loaded: LoadedWorkflow, graph: Graph, loc: Location, template
             "instead (each parameter is exported as OPSFLOW_PARAM_<NAME>)",
             where=where,
         )
+    kinds = {p.name: p.kind for p in loaded.spec.parameters}
+    for value in template.shell_values():  # raises where no quoting is safe
+        if value.slot.kind != ARITH:
+            continue
+        loose = sorted(n for n in value.names if kinds.get(n) not in NUMBER_KINDS)
+        if loose:
+            raise ValidationError(
+                f"line {value.slot.line} of the command: `{{{{ {value.shown} }}}}` lands in arithmetic "
+                "(`$(( ))`, `(( ))`, `let`, `[[ -gt ]]`, an array subscript, `${x:offset}`), where bash "
+                f"evaluates text such as `a[$(cmd)]` even inside quotes — declare `{loose[0]}` as a "
+                "parameter with `type: int` (or `float`), so its value is checked to be a number",
+                where=where,
+            )
+
+
+@dataclass(frozen=True)
+class OptionUse:
+    """A parameter's value lands in a command's argument, where a leading `-` makes an option."""
+
+    where: str
+    command: str
+    starts_word: bool  # the value's first character starts the argument
+    splits: bool  # outside quotes: each later item of a list starts an argument too
+
+
+def option_parameters(loaded: LoadedWorkflow) -> dict[str, list[OptionUse]]:
+    """Where each parameter's value lands in a command's arguments (variables count for the
+    names their templates read)."""
+    graph = build_graph(loaded)
+    reads: dict[str, frozenset[str]] = {
+        key: compile_template(value).names() if isinstance(value, str) else frozenset()
+        for key, value in loaded.spec.variables.items()
+    }
+    found: dict[str, list[OptionUse]] = {}
+    for loc, source in _template_fields(loaded, graph):
+        if loc[-1] not in ("command", "script") or "{{" not in source:
+            continue
+        try:
+            values = compile_template(source).shell_values()
+        except ValidationError:
+            continue  # validation reports it
+        for value in values:
+            slot = value.slot
+            if value.raw or slot.option_of is None:
+                continue
+            names, seen = set(value.names), set()
+            while names - seen:  # a variable stands for the names its template reads
+                name = (names - seen).pop()
+                seen.add(name)
+                names |= reads.get(name, frozenset())
+            use = OptionUse(loaded.where(loc), slot.option_of, slot.starts_word, slot.kind == UNQUOTED)
+            for name in seen:
+                found.setdefault(name, []).append(use)
+    return found
 
 
 def _step_shell(graph: Graph, loc: Location) -> str | None:

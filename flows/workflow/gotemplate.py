@@ -2,19 +2,20 @@
 
 `{{ .environment }}`, `{{ join .services ',' }}`, `{{ if and (eq .a "b") .c }}...{{ end }}` and
 `{{ range $s := .services }}` become Jinja that the one sandboxed engine (template.py) runs;
-plain Jinja expressions inside `{{ }}` pass through. Also finds, for shell commands, the
-quoting context each action lands in (shellctx.py does the lexing).
+plain Jinja expressions inside `{{ }}` pass through. A shell command's translation also
+puts each value through the quoting its place needs (flows/shellquote.py says where each lands).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
 from dataclasses import dataclass, field
 
 from flows.errors import ValidationError
-from flows.workflow.shellctx import ACTION, UNQUOTED, quote_contexts
+from flows.shellquote import Hole, Slot, analyse
 
 _TOKEN = re.compile(
     r"""(?P<ws>\s+)
@@ -244,27 +245,54 @@ def _control(kw: str, rest: list[_Tok], stack: list[tuple[str, str]]) -> str:
     return f"for {var} in _values({source})"
 
 
+@dataclass(frozen=True)
+class _Value:
+    """A value action of the translated source: its Jinja expression and whitespace trimming."""
+
+    expr: str
+    lt: str
+    rt: str
+    shown: str  # the action's text between the braces, for messages
+
+
+@dataclass(frozen=True)
+class _Translation:
+    out: tuple[str | _Value, ...]  # Jinja text, with each value action still to be written
+    parts: tuple[str | Hole, ...]  # the source as text and holes, for the shell analysis
+    blocks: tuple[tuple[int, int], ...]  # hole indexes: a block's opening and its else/end
+    lone: str | None
+
+
 @functools.lru_cache(maxsize=1024)
-def translate(source: str) -> tuple[str, str | None]:
-    """Jinja source for `source`, plus the Jinja expression if it is one lone `{{ }}` action."""
-    out: list[str] = []
+def _translate(source: str) -> _Translation:
+    out: list[str | _Value] = []
+    parts: list[str | Hole] = []
+    blocks: list[tuple[int, int]] = []
+    opened: list[int] = []  # hole index of each open if/range
+    holes = 0
     exprs: list[str] = []
     lone = True  # no text (other than whitespace) or block besides a single expression action
     stack: list[tuple[str, str]] = []
-    contexts = action_contexts(source)
-    pos = action = 0
+    pos = 0
+
+    def hole(value: bool, lt: str, rt: str) -> int:
+        nonlocal holes
+        parts.append(Hole(value, bool(lt), bool(rt)))
+        holes += 1
+        return holes - 1
+
     while m := _OPEN.search(source, pos):
         lone = lone and not source[pos : m.start()].strip()
         out.append(source[pos : m.start()])
+        parts.append(source[pos : m.start()])
         pos = m.end()
-        context = contexts[action] if action < len(contexts) else UNQUOTED
-        action += 1
         if m.group() != "{{":
             lone = False
             go_comment = m.group().startswith("{{")
             out.append(
                 f"{JINJA_COMMENT[0]}{m.group(1)} {m.group(2)}{JINJA_COMMENT[1]}" if go_comment else m.group()
             )
+            hole(False, m.group(1) or "", m.group(2) or "")
             continue
         close = next((c for c in _ACTION_END.finditer(source, pos) if c.group() == "}}"), None)
         if close is None:
@@ -278,40 +306,76 @@ def translate(source: str) -> tuple[str, str | None]:
         if first.kind == "name" and first.text in _CONTROL and (len(toks) == 1 or toks[1].spaced):
             lone = False
             out.append(f"{JINJA_BLOCK[0]}{lt} {_control(first.text, toks[1:], stack)} {rt}{JINJA_BLOCK[1]}")
+            index = hole(False, lt, rt)
+            if first.text in ("if", "range"):
+                opened.append(index)
+            elif opened and first.text in ("else", "end"):
+                blocks.append((opened[-1], index))
+                if first.text == "end":
+                    opened.pop()
         elif first.kind == "var" and len(toks) > 2 and toks[1].text in (":=", "="):
             lone = False
             out.append(
                 f"{JINJA_BLOCK[0]}{lt} set {_emit(first, dots)} = {_expr(toks[2:], dots)} {rt}{JINJA_BLOCK[1]}"
             )
+            hole(False, lt, rt)
         else:
             exprs.append(_expr(toks, dots))
-            # Outside quotes the shell finalizer quotes the value; elsewhere a filter escapes it
-            # for its context (and does nothing outside shell commands).
-            kind, _, delimiter = context.partition(":")
-            quoting = f"_q_{kind}({json.dumps(delimiter)})" if delimiter else f"_q_{kind}"
-            shown = exprs[-1] if context == UNQUOTED else f"({exprs[-1]}) | {quoting}"
-            out.append(f"{{{{{lt} {shown} {rt}}}}}")
+            out.append(_Value(exprs[-1], lt, rt, " ".join(body[len(lt) : len(body) - len(rt)].split())))
+            hole(True, lt, rt)
     if stack:
         raise ValidationError(f"`{{{{ {stack[-1][0]} }}}}` is never closed — add `{{{{ end }}}}`")
+    out.append(source[pos:])
+    parts.append(source[pos:])
     lone = lone and len(exprs) == 1 and not source[pos:].strip()
-    return "".join(out) + source[pos:], exprs[0] if lone else None
+    return _Translation(tuple(out), tuple(parts), tuple(blocks), exprs[0] if lone else None)
 
 
-def action_contexts(source: str) -> list[str]:
-    """The shell quoting context of every action of `source`, in order."""
-    spans, pos = [], 0
-    while m := _OPEN.search(source, pos):
-        if m.group() != "{{":
-            spans.append((m.start(), m.end()))
-            pos = m.end()
-            continue
-        close = next((c for c in _ACTION_END.finditer(source, m.end()) if c.group() == "}}"), None)
-        if close is None:
-            break  # the translation reports it
-        spans.append((m.start(), close.end()))
-        pos = close.end()
-    skeleton, last = [], 0
-    for start, end in spans:
-        skeleton += [source[last:start], ACTION]
-        last = end
-    return quote_contexts("".join(skeleton) + source[last:])
+@functools.lru_cache(maxsize=1024)
+def translate(source: str) -> tuple[str, str | None]:
+    """Jinja source for `source`, plus the Jinja expression if it is one lone `{{ }}` action."""
+    done = _translate(source)
+    text = "".join(p if isinstance(p, str) else f"{{{{{p.lt} {p.expr} {p.rt}}}}}" for p in done.out)
+    return text, done.lone
+
+
+@dataclass(frozen=True)
+class ShellTranslation:
+    """`source` as a shell command: Jinja source whose every value goes through the quoting
+    filter `_shq` for its slot, and per value action its slot and Jinja expression."""
+
+    jinja: str
+    slots: tuple[Slot, ...]
+    exprs: tuple[str, ...]
+    shown: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def translate_shell(source: str) -> ShellTranslation:
+    """Like `translate`, for a shell command; refuses values no quoting can make safe."""
+    done = _translate(source)
+    shape = analyse(done.parts)
+    if shape.problem:
+        raise ValidationError(shape.problem)
+    for opening, other in done.blocks:
+        if shape.nesting[opening] != shape.nesting[other]:
+            holes = [i for i, p in enumerate(done.parts) if isinstance(p, Hole)]
+            line = 1 + sum(p.count("\n") for p in done.parts[: holes[opening]] if isinstance(p, str))
+            raise ValidationError(
+                f"line {line} of the command: an `{{{{ if }}}}` or `{{{{ range }}}}` block opens or closes "
+                "quotes, a substitution or a here-document, so values after it would land somewhere "
+                "else than checked — keep each block's text balanced"
+            )
+    values = [p for p in done.out if isinstance(p, _Value)]
+    slots = iter(shape.slots)
+    text = "".join(
+        p
+        if isinstance(p, str)
+        else f"{{{{{p.lt} ({p.expr}) | _shq({json.dumps(_slot_json(next(slots)))}, {json.dumps(p.shown)}) {p.rt}}}}}"
+        for p in done.out
+    )
+    return ShellTranslation(text, shape.slots, tuple(v.expr for v in values), tuple(v.shown for v in values))
+
+
+def _slot_json(slot: Slot) -> str:
+    return json.dumps(dataclasses.asdict(slot), separators=(",", ":"))

@@ -16,7 +16,7 @@ from typing import Any
 from flows.errors import ValidationError
 from flows.workflow.load import LoadedWorkflow
 from flows.workflow.spec import Parameter
-from flows.workflow.template import compile_template, is_template
+from flows.workflow.template import OptionValue, compile_template, is_template
 from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 BUILTIN_NAMES = ("environment", "workflow_id", "workflow", "outputs", "logical_date")
@@ -195,7 +195,7 @@ def bind(
         params["environment"] = environment
     params.setdefault("environment", default_environment)
     context: dict[str, Any] = {
-        **params,
+        **_check_options(loaded, params),
         "workflow_id": workflow_id,
         "workflow": spec.name,
         "outputs": {},
@@ -221,6 +221,38 @@ def bind(
         context[cond.name] = template.truth(context)
     _check_rules(loaded, context)
     return Bound(context=context, parameters=params, warnings=warnings)
+
+
+def _check_options(loaded: LoadedWorkflow, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse a value starting with `-` where a command would take it for an option (`tar ...
+    {{ .files }}` with `--checkpoint-action=exec=...` runs a command), unless the parameter's
+    `validation.pattern` allows it; such allowed values are marked so commands accept them."""
+    from flows.workflow.check import option_parameters  # check.py imports this module
+
+    declared = {p.name: p for p in loaded.spec.parameters}
+    uses: dict[str, Any] | None = None
+    values = dict(params)
+    for name, value in params.items():
+        items = value if isinstance(value, list) else [value]
+        dashed = [i for i, item in enumerate(items) if isinstance(item, str) and item.startswith("-")]
+        if not dashed:
+            continue
+        rules = declared[name].validation if name in declared else None
+        if rules is not None and rules.pattern is not None:  # check() matched every item against it
+            marked = [OptionValue(i) if isinstance(i, str) and i.startswith("-") else i for i in items]
+            values[name] = marked if isinstance(value, list) else marked[0]
+            continue
+        uses = option_parameters(loaded) if uses is None else uses
+        for use in uses.get(name, []):
+            hit = next((i for i in dashed if (use.starts_word if i == 0 else use.splits)), None)
+            if hit is not None:
+                raise ValidationError(
+                    f"parameter `{name}`: {items[hit][:40]!r} starts with `-`, and `{use.command}` "
+                    f"({use.where}) takes it as an argument, where it would be read as an option — if "
+                    f"`{name}` may start with `-`, give it a `validation.pattern` that allows it; else "
+                    "write `--` before it in the command"
+                )
+    return values
 
 
 def _check_rules(loaded: LoadedWorkflow, context: Mapping[str, Any]) -> None:

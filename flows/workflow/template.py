@@ -4,7 +4,8 @@ Workflow files are written Go-template style (`{{ .environment }}`, `{{ if eq .a
 `{{ range .services }}`). Rather than run two engines, each source is translated once into Jinja
 source (gotemplate.py) and compiled by one sandboxed environment: plain Jinja expressions keep
 working, and there is a single set of security rules and a single error path (everything
-surfaces as `ValidationError`). In shell commands each value is quoted for the context it lands in.
+surfaces as `ValidationError`). In shell commands each value is quoted for the place it lands in
+(flows/shellquote.py), or refused where no quoting is safe.
 """
 
 from __future__ import annotations
@@ -25,19 +26,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
 from flows.errors import ValidationError
-from flows.workflow.gotemplate import JINJA_BLOCK, JINJA_COMMENT, action_contexts, translate
-from flows.workflow.shellctx import (
-    ANSI,
-    BACKTICK,
-    COMMENT,
-    DOUBLE,
-    HEREDOC,
-    LITERAL,
-    SINGLE,
-    escape_double,
-    escape_heredoc,
-    escape_single,
-)
+from flows.shellquote import Slot, UnsafeValue, check_value, quote_text
+from flows.workflow.gotemplate import JINJA_BLOCK, JINJA_COMMENT, translate, translate_shell
 from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 _TRUE, _FALSE = TRUE_WORDS, FALSE_WORDS
@@ -45,39 +35,68 @@ _TRUE, _FALSE = TRUE_WORDS, FALSE_WORDS
 _KNOWN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("known", default=())
 
 
-def _refuse(where: str, instead: str) -> Callable[..., str]:
-    def refuse(value: Any, *args: Any) -> str:
-        raise ValidationError(f"a template value inside {where} cannot be quoted safely — {instead}")
-
-    return refuse
+@functools.lru_cache(maxsize=1024)
+def _slot(encoded: str) -> Slot:
+    return Slot(**json.loads(encoded))
 
 
-def _in_document(escape: Callable[[str], str]) -> Callable[[Any, str], str]:
-    def quote(value: Any, delimiter: str) -> str:
-        text = _words(value, escape)
-        if any(line.lstrip("\t") == delimiter for line in text.split("\n")):
-            raise ValidationError(
-                f"a template value contains the line `{delimiter}`, which would end its here-document"
+def _shell_value(value: Any, encoded: str, shown: str) -> str:
+    """The `_shq` filter: `value` checked and quoted for the slot it lands in (gotemplate)."""
+    slot = _slot(encoded)
+    raw = isinstance(value, Raw)
+    items = list(_items(value))
+    if slot.one_word and len(items) != 1:
+        raise ValidationError(
+            f"line {slot.line} of the command: `{{{{ {shown} }}}}` must be one word there, and it is "
+            f"{len(items)} (a list): more words would change what the command runs"
+        )
+    words = []
+    for index, (item, plain) in enumerate(items):
+        try:
+            # `| raw` and a parameter whose pattern allows a leading `-` may pass options
+            check_value(
+                slot,
+                item,
+                first=index == 0,
+                shown=f"`{{{{ {shown} }}}}`",
+                options=raw or isinstance(item, OptionValue),
             )
-        return Raw(text)
+        except UnsafeValue as err:
+            raise ValidationError(f"line {slot.line} of the command: {err}") from None
+        words.append(item if raw or plain else quote_text(slot, item))
+    return Raw(" ".join(words))
 
-    return quote
+
+def _items(value: Any) -> Iterator[tuple[str, bool]]:
+    """The words of a value as text, and whether each is safe unquoted (numbers, booleans)."""
+    if isinstance(value, Raw):
+        yield str(value), True
+    elif isinstance(value, bool):
+        yield ("true" if value else "false"), True
+    elif isinstance(value, int | float):
+        yield str(value), True
+    elif value is None:
+        yield "", False
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _items(item)
+    elif isinstance(value, Mapping):
+        yield json.dumps(value), False
+    else:
+        yield (value if isinstance(value, str) else str(value)), False  # str(Undefined) raises
 
 
-# Per-context quoting for shell commands; identity everywhere else.
-_SHELL_CONTEXT_FILTERS = {
-    f"_q_{DOUBLE}": lambda v: Raw(_words(v, escape_double)),
-    f"_q_{SINGLE}": lambda v: Raw(_words(v, escape_single)),
-    f"_q_{HEREDOC}": _in_document(escape_heredoc),
-    f"_q_{LITERAL}": _in_document(str),
-    f"_q_{COMMENT}": lambda v: Raw(" ".join(_plain(v).split())),  # a newline would end the comment
-    f"_q_{ANSI}": _refuse("$'...'", "move it out of the quotes"),
-    f"_q_{BACKTICK}": _refuse("backticks", "write $( ... ) instead"),
-}
+# Shell commands only: each value checked and quoted for its slot; identity everywhere else.
+_SHELL_CONTEXT_FILTERS = {"_shq": _shell_value}
 
 
 class Raw(str):
     """Text marked `| raw`: inserted into commands as-is, the explicit opt-out of quoting."""
+
+
+class OptionValue(str):
+    """A parameter's value that starts with `-` and that its `validation.pattern` allows:
+    it may land where a command reads it as an option."""
 
 
 def shell_quote(value: Any) -> str:
@@ -248,6 +267,28 @@ def _reporting(where: str | None, source: str, context: Mapping[str, Any]) -> It
 
 
 @dataclass(frozen=True)
+class ShellValue:
+    """One value of a shell command: where it lands, the names it reads, whether it is `| raw`."""
+
+    slot: Slot
+    names: frozenset[str]
+    raw: bool
+    shown: str  # the action's text, e.g. `.files`
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_of(expr: str) -> frozenset[str]:
+    return _names("{{ " + expr + " }}")
+
+
+def _is_raw(expr: str) -> bool:
+    tree = _ast("{{ " + expr + " }}")
+    outputs = list(tree.find_all(nodes.Output))
+    node = outputs[0].nodes[0] if outputs and outputs[0].nodes else None
+    return isinstance(node, nodes.Filter) and node.name == "raw"
+
+
+@dataclass(frozen=True)
 class Template:
     """A compiled workflow value: `render` it for text, `evaluate` it for a value."""
 
@@ -264,9 +305,15 @@ class Template:
         """Whether any action outputs a value (control blocks and comments do not)."""
         return "{{" in self._jinja
 
-    def quote_contexts(self) -> list[str]:
-        """The shell quoting context of each action, in order (see shellctx)."""
-        return action_contexts(self.source)
+    def shell_values(self) -> list[ShellValue]:
+        """Where each value lands when this is a shell command; raises ValidationError where
+        no quoting makes a value safe (backticks, `sh -c '...'`, a syntax bash's grammar cannot read)."""
+        with _reporting(self.where, self.source, {}):
+            shell = translate_shell(self.source)
+        return [
+            ShellValue(slot, _names_of(expr), _is_raw(expr), shown)
+            for slot, expr, shown in zip(shell.slots, shell.exprs, shell.shown, strict=True)
+        ]
 
     def output_names(self) -> frozenset[str]:
         found = set()
@@ -280,7 +327,8 @@ class Template:
 
     def render(self, context: Mapping[str, Any], *, shell: bool = False) -> str:
         with _reporting(self.where, self.source, context):
-            return _compiled(self._jinja, shell).render(dict(context))
+            jinja = translate_shell(self.source).jinja if shell else self._jinja
+            return _compiled(jinja, shell).render(dict(context))
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._expr is None:

@@ -118,7 +118,7 @@ RENDERS = [
     # shell quoting: each value one word, literal text untouched, raw is the opt-out
     ("echo {{ .hostile }}", True, "echo 'x; touch /tmp/pwned'"),
     ("echo {{ .services }}", True, "echo api database"),
-    ("echo {{ .fragment | raw }} {{ .fragment }}", True, "echo --force --yes '--force --yes'"),
+    ("echo {{ .fragment | raw }} -- {{ .fragment }}", True, "echo --force --yes -- '--force --yes'"),
     ("run {{ .is_production }} {{ .settings.replicas }} {{ .nothing }}", True, "run true 3 ''"),
     ("run {{ .settings }}", True, """run '{"replicas": 3}'"""),
     ("echo {{ .hostile }}", False, "echo x; touch /tmp/pwned"),

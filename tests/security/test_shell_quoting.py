@@ -1,0 +1,451 @@
+"""Values in shell commands never run as code: the corpus, each construct with hostile values.
+
+Every command is a real workflow file going through the real stages (load, validate, bind,
+plan); what passes is run by bash as opsflow runs it, and must print the literal value and
+create no marker file. What cannot be quoted safely is refused, at validate time when the
+command is the problem, when the value is bound or rendered when the value is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flows.errors import ValidationError
+from flows.files.discover import iter_inputs
+from flows.files.processors import parse_processor
+from flows.files.work import attempt
+from flows.workflow.check import analyse
+from flows.workflow.load import load_workflow
+from flows.workflow.params import bind
+from flows.workflow.plan import plan_workflow
+from flows.workflow.shell import shell_argv
+from flows.workflow.template import compile_template
+
+# Hostile values; {m} is the marker file that must never be created.
+HOSTILE = {
+    "subst": "$(touch {m})",
+    "semicolon": "; touch {m}",
+    "backtick": "`touch {m}`",
+    "dquote": '"; touch {m}; "',
+    "squote": "'; touch {m}; '",
+    "eof": "x\nEOF\ntouch {m}\nEOF",
+    "option": "--checkpoint=1 --checkpoint-action=exec=touch {m}",
+    "subscript": "a[$(touch {m})]",
+    "glob": "* ? [a] ~ $HOME \\ \\n ${x} !! %s",
+}
+OPTION = "starts with `-`"
+EOF_LINE = "which ends its here-document early"
+
+
+def workflow(path: Path, command: str, parameters: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
+    """A one-step workflow file running `command`; a string parameter `x` unless told otherwise."""
+    document = {
+        "name": "quoting",
+        "parameters": parameters if parameters is not None else [{"name": "x", "default": "v"}],
+        **extra,
+        "steps": [{"name": "step", "command": command}],
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def rendered(path: Path, sets: dict[str, Any]) -> str:
+    """The step's command as `run` would execute it: load, validate, bind, plan."""
+    loaded = load_workflow(path)
+    analysis = analyse(loaded)
+    bound = bind(loaded, sets, environment=None, default_environment="test", workflow_id="wf-1")
+    return plan_workflow(loaded, analysis.graph, bound).steps[0].text
+
+
+def bash(command: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    argv, _ = shell_argv(command, None)  # bash --noprofile --norc -eo pipefail -c, as steps run
+    return subprocess.run(argv, capture_output=True, cwd=cwd, timeout=60)
+
+
+def same(value: str) -> str:
+    return value + "\n"
+
+
+@dataclass
+class Runs:
+    """A construct where values are quoted: the command runs and prints `expect(value)`."""
+
+    name: str
+    command: str
+    expect: Callable[[str], str] = same
+    refuses: dict[str, str] = field(default_factory=dict)  # hostile key -> message when refused
+    as_list: bool = False  # `x` is a list parameter given [value, "b"]
+
+
+OPTION_ONLY = {"option": OPTION}
+RUNS = [
+    # the constructs that ran a hostile value
+    Runs(
+        "arithmetic inside $( ) inside quotes",
+        'echo "r: $(echo $((1+1)) "{{ .x }}")"',
+        lambda v: f"r: 2 {v}".rstrip("\n") + "\n",  # $( ) drops trailing newlines
+        OPTION_ONLY,
+    ),
+    Runs(
+        "case pattern inside $( ) inside quotes",
+        'echo "status = $(case {{ .x }} in *) echo {{ .x }} ok;; esac)"',
+        lambda v: f"status = {v} ok\n",
+        OPTION_ONLY,
+    ),
+    Runs("here-document line starting with a value", "cat <<EOF\n{{ .x }}\nEOF", same, {"eof": EOF_LINE}),
+    # the matrix of quoting contexts
+    Runs("outside quotes", "printf '%s\\n' {{ .x }}", same, OPTION_ONLY),
+    Runs("after -- an option is data", "printf -- '%s\\n' {{ .x }}"),
+    Runs("double quotes", 'printf "%s\\n" "v={{ .x }}"', lambda v: f"v={v}\n"),
+    Runs("single quotes", "printf '%s\\n' 'v={{ .x }}'", lambda v: f"v={v}\n"),
+    Runs("glued to quoted text", "printf '%s\\n' \"a\"{{ .x }}'b'", lambda v: f"a{v}b\n"),
+    Runs("comment", "echo hi # {{ .x }}", lambda v: "hi\n"),
+    Runs("here-document", "cat <<EOF\nv={{ .x }} and $((1+1))\nEOF", lambda v: f"v={v} and 2\n", {"eof": EOF_LINE}),
+    Runs("quoted here-document", "cat <<'EOF'\nv={{ .x }} $HOME\nEOF", lambda v: f"v={v} $HOME\n", {"eof": EOF_LINE}),
+    Runs(
+        "here-document with <<-",
+        "cat <<-EOF\n\tv={{ .x }}\n\tEOF",
+        lambda v: "\n".join(line.lstrip("\t") for line in f"v={v}".split("\n")) + "\n",
+        {"eof": EOF_LINE},
+    ),
+    Runs(
+        "here-document inside $( ) inside quotes",
+        'v="$(cat <<EOF\n{{ .x }}\nEOF\n)"\nprintf "%s\\n" "$v"',
+        lambda v: v.rstrip("\n") + "\n",
+        {"eof": EOF_LINE},
+    ),
+    Runs(
+        "nested substitutions in quotes",
+        'printf "%s\\n" "a$(printf "%s" "b$(printf "%s" "{{ .x }}")")"',
+        lambda v: f"ab{v}".rstrip("\n") + "\n",
+        OPTION_ONLY,
+    ),
+    Runs("process substitution", "cat <(printf '%s\\n' {{ .x }})", same, OPTION_ONLY),
+    Runs("here-string", "cat <<< {{ .x }}", same),
+    Runs("array element", "arr=({{ .x }} b); printf '%s\\n' \"${arr[0]}\"", same),
+    Runs("assignment", "v={{ .x }}; printf '%s\\n' \"$v\"", same),
+    Runs("export", "export V={{ .x }}; printf '%s\\n' \"$V\"", same),
+    Runs("local in a function", "f() { local v={{ .x }}; printf '%s\\n' \"$v\"; }; f", same),
+    Runs("case pattern", "case {{ .x }} in {{ .x }}) echo match;; *) echo no;; esac", lambda v: "match\n"),
+    Runs("[[ == ]] pattern", "[[ {{ .x }} == {{ .x }} ]] && echo same", lambda v: "same\n"),
+    Runs("[ ] operand", "[ {{ .x }} = {{ .x }} ] && echo same", lambda v: "same\n"),
+    Runs("command name", "{{ .x }} 2>/dev/null || echo none", lambda v: "none\n"),
+    Runs("safe form of sh -c", "sh -c 'printf \"%s\\n\" \"$1\"' _ {{ .x }}", same, OPTION_ONLY),
+    Runs("safe form of ssh: stdin", "printf -- '%s\\n' {{ .x }} | cat", same),
+    Runs(
+        "for list",
+        "for v in {{ .x }}; do printf '%s\\n' \"$v\"; done",
+        lambda v: f"{v}\nb\n",
+        as_list=True,
+    ),
+    Runs("list words", "printf -- '%s\\n' {{ .x }}", lambda v: f"{v}\nb\n", as_list=True),
+    Runs(
+        "range block, balanced",
+        "{{ range .x }}printf '%s\\n' \"{{ . }}\"\n{{ end }}",
+        lambda v: f"{v}\nb\n",
+        {"option": "starts with `-`, so `printf` would take it"},
+        as_list=True,
+    ),
+    Runs("trimmed whitespace", "printf -- '%s\\n' x\n  {{- .x -}}  \n", lambda v: f"x{v}\n"),
+]
+
+
+def _sets(case: Runs, value: str) -> dict[str, Any]:
+    return {"x": [value, "b"] if case.as_list else value}
+
+
+def _parameters(case: Runs) -> list[dict[str, Any]]:
+    return [{"name": "x", "type": "list", "default": ["v"]} if case.as_list else {"name": "x", "default": "v"}]
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE))
+@pytest.mark.parametrize("case", RUNS, ids=lambda c: c.name)
+def test_hostile_values_print_literally_and_run_nothing(case: Runs, key: str, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    value = HOSTILE[key].replace("{m}", str(marker))
+    path = workflow(tmp_path / "wf.yaml", case.command, _parameters(case))
+    if key in case.refuses:
+        with pytest.raises(ValidationError, match=case.refuses[key]):
+            rendered(path, _sets(case, value))
+        return
+    command = rendered(path, _sets(case, value))
+    result = bash(command, tmp_path)
+    assert result.returncode == 0, (command, result.stderr)
+    assert result.stdout.decode() == case.expect(value), command
+    assert not marker.exists(), command
+
+
+@dataclass
+class Refused:
+    """A construct where no quoting is safe: `validate` refuses the file."""
+
+    name: str
+    command: str
+    message: str
+    parameters: list[dict[str, Any]] | None = None
+
+
+INT = [{"name": "x", "type": "int", "default": 1}]
+REFUSED = [
+    # the constructs that ran a hostile value
+    Refused("arithmetic in $( ) in quotes", 'echo "took $(( $(date +%s) - {{ .x }} ))s"', "lands in arithmetic"),
+    Refused("here-document <<'EOF'X", "cat <<'EOF'X\n{{ .x }}\nEOF\necho hi\nEOFX", "delimiter `'EOF'X`"),
+    # here-documents bash ends elsewhere than its grammar
+    Refused("blank before the delimiter", "cat <<EOF\n EOF\necho {{ .x }}\nEOF", "another line"),
+    Refused("line continued into the delimiter", "cat <<EOF\na\\\nEOF\necho {{ .x }}\nEOF", "another line"),
+    Refused("two here-documents on a line", "cat <<A; cat <<B\n{{ .x }}\nA\nb\nB", "grammar cannot read"),
+    Refused("value as delimiter", "cat <<{{ .x }}\nEOF\n", "grammar cannot read"),
+    # arithmetic positions: bash evaluates `a[$(cmd)]` there, quoted or not
+    Refused("(( ))", "(( n = {{ .x }} + 1 ))", "lands in arithmetic"),
+    Refused("let", 'let "n={{ .x }}*2"', "lands in arithmetic"),
+    Refused("[[ -gt ]]", '[[ "{{ .x }}" -gt 3 ]]', "lands in arithmetic"),
+    Refused("array subscript", 'a=(1 2); echo "${a[{{ .x }}]}"', "lands in arithmetic"),
+    Refused("subscript assignment", "a[{{ .x }}]=1", "lands in arithmetic"),
+    Refused("${x:offset}", 's=abc; echo "${s:{{ .x }}:1}"', "lands in arithmetic"),
+    Refused("c-style for", "for ((i=0; i<{{ .x }}; i++)); do :; done", "lands in arithmetic"),
+    Refused("declare -i", "declare -i n; n={{ .x }}", "lands in arithmetic"),
+    Refused("output of $( ) in arithmetic", "echo $(( $(echo {{ .x }}) + 1 ))", "lands in arithmetic"),
+    Refused("[[ ]] on a $( ) output", "[[ $(echo {{ .x }}) -gt 3 ]]", "lands in arithmetic"),
+    # second shells: the value would be their code
+    Refused("sh -c", "sh -c 'echo {{ .x }}'", "sh -c '... \"$1\" ...' _ VALUE"),
+    Refused("bash -c, double quotes", 'bash -c "echo {{ .x }}"', "`bash -c` runs its argument as code"),
+    Refused("dash -c", "dash -c 'echo {{ .x }}'", "`dash -c`"),
+    Refused("zsh -c", "zsh -c 'echo {{ .x }}'", "`zsh -c`"),
+    Refused("sudo bash -lc", 'sudo -u app bash -lc "echo {{ .x }}"', "`bash -c`"),
+    Refused("env sh -ec", "env sh -ec 'echo {{ .x }}'", "`sh -c`"),
+    Refused("a value as the script", "bash -c {{ .x }}", "`bash -c`"),
+    Refused("find -exec sh -c", "find . -exec sh -c 'echo {{ .x }}' \\;", "`sh -c`"),
+    Refused("xargs sh -c", "echo a | xargs sh -c 'echo {{ .x }}'", "`sh -c`"),
+    Refused("sh -c on a $( ) output", "sh -c \"$(echo {{ .x }})\"", "`sh -c`"),
+    Refused("eval", 'eval "echo {{ .x }}"', "`eval` runs its arguments as shell code"),
+    Refused("su -c", "su -c 'echo {{ .x }}' nobody", "`su -c`"),
+    Refused("runuser -c", "runuser -u app -c 'echo {{ .x }}'", "`runuser -c`"),
+    Refused("flock -c", "flock /tmp/lock -c 'echo {{ .x }}'", "`flock -c`"),
+    Refused("watch", "watch -n 5 echo {{ .x }}", "`watch`"),
+    Refused("ssh remote command", "ssh -p 22 host echo {{ .x }}", "remote user's shell"),
+    Refused("ssh -o", "ssh -o {{ .x }} host", "ProxyCommand"),
+    Refused("python -c", "python3 -c \"print('{{ .x }}')\"", "`python3 -c`"),
+    Refused("here-document to bash", "bash <<EOF\necho {{ .x }}\nEOF", "is the program `bash` runs"),
+    Refused("here-document to ssh", "ssh host <<EOF\necho {{ .x }}\nEOF", "is the program `ssh` runs"),
+    Refused("here-document to python -", "python3 - <<EOF\nprint('{{ .x }}')\nEOF", "`python3` runs"),
+    Refused("here-string to sh", "sh <<< {{ .x }}", "is the program `sh` runs"),
+    Refused("pipe to sh", "echo {{ .x }} | sh", "run as code by `sh`"),
+    Refused("here-document piped to sh", "cat <<EOF | sh\necho {{ .x }}\nEOF", "is the program `sh` runs"),
+    # quoting that cannot hold a value
+    Refused("backticks", "echo `echo {{ .x }}`", "backticks"),
+    Refused("$'...'", "echo $'{{ .x }}'", "$'...'"),
+    Refused("${...:-}", "echo ${v:-{{ .x }}}", "${...}"),
+    Refused("${...:-} in quotes", 'echo "${v:-{{ .x }}}"', "${...}"),
+    Refused("$ right before", "echo ${{ .x }}", "right after `$`"),
+    Refused("$ right before, in quotes", 'echo "${{ .x }}"', "right after `$`"),
+    Refused("backslash right before", "echo \\{{ .x }}", "backslash"),
+    Refused("backslash right before, in quotes", 'echo "\\{{ .x }}"', "backslash"),
+    Refused("whitespace trimmed up to a backslash", "echo a \\\n  {{- .x }}", "backslash"),
+    # variable names: bash evaluates `a[$(cmd)]` in them
+    Refused("read", "read -r {{ .x }} < /dev/null", "variable's name"),
+    Refused("printf -v", "printf -v {{ .x }} %s a", "variable's name"),
+    Refused("for variable", "for {{ .x }} in a; do :; done", "variable's name"),
+    Refused("unset", "unset {{ .x }}", "variable's name"),
+    Refused("[[ -v ]]", "[[ -v {{ .x }} ]]", "variable's name"),
+    Refused("test -v", "test -v {{ .x }}", "variable's name"),
+    Refused("export NAME", "export {{ .x }}", "variable's name"),
+    Refused("assignment name", "{{ .x }}=1", "variable's name"),
+    Refused("declare -n", "declare -n ref={{ .x }}", "variable's name"),
+    # what the grammar cannot read is not guessed
+    Refused("unbalanced control block", 'echo {{ if .x }}"{{ end }}a" {{ .x }}', "block opens or closes quotes"),
+    Refused("syntax error", 'echo "unterminated {{ .x }}', "grammar cannot read"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=lambda c: c.name)
+def test_unquotable_places_are_refused_at_validate(case: Refused, tmp_path: Path) -> None:
+    path = workflow(tmp_path / "wf.yaml", case.command, case.parameters)
+    with pytest.raises(ValidationError) as caught:
+        analyse(load_workflow(path))
+    assert case.message in caught.value.message
+    assert caught.value.where == f"{path}:7"  # the step's `command` line
+    # plan and run render with the same rules
+    with pytest.raises(ValidationError, match="line [0-9]+ of the command"):
+        compile_template(case.command).render({"x": "v"}, shell=True)
+
+
+ARITHMETIC = [
+    ("$(( ))", 'echo "took $(( 10 - {{ .x }} ))s"', "took 7s\n"),
+    ("(( ))", "(( n = {{ .x }} + 1 )); echo $n", "4\n"),
+    ("let", 'let "n={{ .x }}*2"; echo $n', "6\n"),
+    ("[[ -gt ]]", "[[ {{ .x }} -gt 2 ]] && echo big", "big\n"),
+    ("subscript", 'a=(p q r s); echo "${a[{{ .x }}]}"', "s\n"),
+    ("offset", 's=abcdef; echo "${s:{{ .x }}:2}"', "de\n"),
+    ("c-style for", "for ((i=0; i<{{ .x }}; i++)); do printf %s $i; done; echo", "012\n"),
+    ("declare -i", "declare -i n; n={{ .x }}+1; echo $n", "4\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "command", "expected"), ARITHMETIC, ids=[a[0] for a in ARITHMETIC])
+def test_arithmetic_takes_int_parameters_checked_as_numbers(name: str, command: str, expected: str, tmp_path: Path) -> None:
+    path = workflow(tmp_path / "wf.yaml", command, INT)
+    result = bash(rendered(path, {"x": "3"}), tmp_path)
+    assert result.stdout.decode() == expected, result.stderr
+    marker = tmp_path / "marker"
+    with pytest.raises(ValidationError, match="must be an int"):
+        rendered(path, {"x": f"a[$(touch {marker})]"})
+    # a value that reaches the command otherwise is checked when rendered
+    with pytest.raises(ValidationError, match="is not a plain number"):
+        compile_template(command).render({"x": f"a[$(touch {marker})]"}, shell=True)
+    assert not marker.exists()
+
+
+def test_arithmetic_refuses_untyped_and_captured_values(tmp_path: Path) -> None:
+    command = "echo $(( {{ .outputs.count }} + 1 ))"
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "q",
+                "steps": [
+                    {"name": "count", "command": "echo 3", "capture_output": "count"},
+                    {"name": "use", "command": command},
+                ],
+            }
+        )
+    )
+    with pytest.raises(ValidationError, match="lands in arithmetic.*declare `outputs`"):
+        analyse(load_workflow(path))
+    float_path = workflow(tmp_path / "f.yaml", "echo $(( {{ .x }} ))", [{"name": "x", "type": "float", "default": 1}])
+    analyse(load_workflow(float_path))  # `type: float` is a number too
+
+
+def test_option_values_are_refused_at_bind_unless_the_pattern_allows_them(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("a")
+    files = ["--checkpoint=1", f"--checkpoint-action=exec=touch {marker}", "a.txt"]
+    command = f"tar -cf {tmp_path}/out.tar -C {tmp_path}/data {{{{ .files }}}}"
+    params = [{"name": "files", "type": "list", "default": ["a.txt"]}]
+    path = workflow(tmp_path / "wf.yaml", command, params)
+    with pytest.raises(ValidationError) as caught:
+        rendered(path, {"files": files})
+    message = caught.value.message
+    assert "parameter `files`" in message and "starts with `-`" in message and "`tar`" in message
+    assert "validation.pattern" in message and "`--`" in message
+    assert bash(rendered(path, {"files": ["a.txt"]}), tmp_path).returncode == 0
+    # a variable made from the parameter is the parameter
+    via = workflow(tmp_path / "via.yaml", "tar -cf out.tar {{ .args }}", params, variables={"args": "{{ .files }}"})
+    with pytest.raises(ValidationError, match="parameter `files`"):
+        rendered(via, {"files": files})
+    # `--` ends the options: the same values are file names
+    ended = workflow(tmp_path / "ended.yaml", command.replace("{{ .files }}", "-- {{ .files }}"), params)
+    result = bash(rendered(ended, {"files": files}), tmp_path)
+    assert result.returncode != 0 and b"Cannot stat" in result.stderr
+    # a pattern that allows a leading `-` lets the author pass options
+    flags = [{"name": "flags", "default": "--verbose", "validation": {"pattern": "^--[a-z]+$"}}]
+    allowed = workflow(tmp_path / "allowed.yaml", "printf '%s\\n' {{ .flags }}", flags)
+    assert bash(rendered(allowed, {"flags": "--quiet"}), tmp_path).stdout == b"--quiet\n"
+    assert not marker.exists()
+
+
+def test_option_values_from_outputs_are_refused_when_rendered(tmp_path: Path) -> None:
+    template = compile_template("tar -cf out.tar {{ .outputs.listing }}", where="wf.yaml:9")
+    with pytest.raises(ValidationError, match="starts with `-`, so `tar` would take it for an option") as caught:
+        template.render({"outputs": {"listing": "--checkpoint-action=exec=sh x"}}, shell=True)
+    assert caught.value.where == "wf.yaml:9"
+    # each item of a list starts a word, wherever the value starts
+    with pytest.raises(ValidationError, match="starts with `-`"):
+        compile_template("tar -cf out.tar x{{ .files }}").render({"files": ["a", "-x"]}, shell=True)
+
+
+def test_a_value_cannot_end_a_here_document_early(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    for command, value in [
+        ("cat <<EOF\n{{ .x }}\nEOF", f"a\nEOF\ntouch {marker}"),
+        ("cat <<EOF\nE{{ .x }}\nEOF", f"OF\ntouch {marker}"),
+        ("cat <<EOF\n{{ .x }}F\nEOF", "EO"),
+        ("cat <<EOF\n{{ .x }}{{ .x }}\nEOF", "E"),
+        ("cat <<-EOF\n\t{{ .x }}\nEOF", "\tEOF"),
+    ]:
+        with pytest.raises(ValidationError, match="ends its here-document early"):
+            compile_template(command).render({"x": value}, shell=True)
+    assert compile_template("cat <<EOF\n{{ .x }}F\nEOF").render({"x": "EOX"}, shell=True) == "cat <<EOF\nEOXF\nEOF"
+
+
+def test_a_here_document_line_starting_with_a_value_plans_and_runs(tmp_path: Path) -> None:
+    out = tmp_path / "f"
+    path = workflow(tmp_path / "wf.yaml", f"cat > {out} <<EOF\n{{{{ .config }}}}\nEOF", [{"name": "config", "default": "a: b"}])
+    assert bash(rendered(path, {"config": "port: $PORT"}), tmp_path).returncode == 0
+    assert out.read_text() == "port: $PORT\n"
+
+
+@given(
+    value=st.lists(
+        st.one_of(
+            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+            st.sampled_from(["$(touch M)", "`touch M`", "';touch M;'", '";touch M;"', "\nEOF\n", "a[$(touch M)]", "\\", "$'", "--x"]),
+        ),
+        max_size=5,
+    ).map("".join),
+    case=st.sampled_from(RUNS),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_random_values_through_every_quoting_context(value: str, case: Runs, tmp_path: Path) -> None:
+    marker = tmp_path / "M"
+    value = value.replace("M", str(marker))
+    path = workflow(tmp_path / f"{abs(hash(case.name))}.yaml", case.command, _parameters(case))
+    try:
+        command = rendered(path, _sets(case, value))
+    except ValidationError as err:  # only a value that would be an option or end a document
+        assert OPTION in err.message or EOF_LINE in err.message, err.message
+        return
+    result = bash(command, tmp_path)
+    assert result.stdout.decode() == case.expect(value), command
+    assert not marker.exists(), command
+
+
+# --- file processors: the same analysis ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("sh -c 'gzip -c {input} > {output}'", "sh -c '... \"$1\" ...' _ {input}"),
+        ("bash -c \"wc -l {input}\"", "`bash -c`"),
+        ("eval cat {input}", "`eval`"),
+        ("echo $(( {name} ))", "arithmetic"),
+        ("cat `echo {input}`", "backticks"),
+    ],
+)
+def test_processor_commands_that_run_a_second_shell_are_refused(template: str, message: str) -> None:
+    with pytest.raises(ValidationError, match="processor template") as caught:
+        parse_processor(template)
+    assert message in caught.value.message
+
+
+def test_processor_safe_form_and_option_like_file_names(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    src = tmp_path / "in"
+    src.mkdir()
+    names = [f"a$(touch {marker.name})", f"--checkpoint-action=exec=touch {marker.name}", "plain"]
+    for name in names:
+        (src / name).write_text(name)
+    safe = parse_processor("sh -c 'cat \"$1\" > \"$2\"' _ {input} {output}")
+    for file in iter_inputs([str(src)]):
+        outcome = attempt(file, safe, output_dir=tmp_path / "out", timeout=30, print_="x")
+        assert outcome.status == "completed", outcome.error
+        assert (tmp_path / "out" / file.path.name).read_text() == file.path.name
+    naming = parse_processor("printf '%s\\n' {name} > {output}")
+    outcomes = {
+        file.path.name: attempt(file, naming, output_dir=tmp_path / "named", timeout=30, print_="x")
+        for file in iter_inputs([str(src)])
+    }
+    refused = outcomes[names[1]]
+    assert refused.status == "failed" and "starts with `-`" in refused.error and "{name}" in refused.error
+    assert outcomes["plain"].status == "completed"
+    assert not marker.exists() and not (Path.cwd() / marker.name).exists()
