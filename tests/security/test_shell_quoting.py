@@ -8,6 +8,7 @@ command is the problem, when the value is bound or rendered when the value is.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from flows.workflow.params import bind
 from flows.workflow.plan import plan_workflow
 from flows.workflow.shell import shell_argv
 from flows.workflow.template import compile_template
+from tests.security.shellgen import VALUE, Generator
 
 # Hostile values; {m} is the marker file that must never be created.
 HOSTILE = {
@@ -66,9 +68,14 @@ def rendered(path: Path, sets: dict[str, Any]) -> str:
     return plan_workflow(loaded, analysis.graph, bound).steps[0].text
 
 
+def bash_argv(command: str) -> list[str]:
+    return shell_argv(command, None)[0]  # bash --noprofile --norc -eo pipefail -c, as steps run
+
+
 def bash(command: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    argv, _ = shell_argv(command, None)  # bash --noprofile --norc -eo pipefail -c, as steps run
-    return subprocess.run(argv, capture_output=True, cwd=cwd, timeout=60)
+    return subprocess.run(
+        bash_argv(command), capture_output=True, cwd=cwd, timeout=60, stdin=subprocess.DEVNULL
+    )
 
 
 def same(value: str) -> str:
@@ -109,8 +116,18 @@ RUNS = [
     Runs("single quotes", "printf '%s\\n' 'v={{ .x }}'", lambda v: f"v={v}\n"),
     Runs("glued to quoted text", "printf '%s\\n' \"a\"{{ .x }}'b'", lambda v: f"a{v}b\n"),
     Runs("comment", "echo hi # {{ .x }}", lambda v: "hi\n"),
-    Runs("here-document", "cat <<EOF\nv={{ .x }} and $((1+1))\nEOF", lambda v: f"v={v} and 2\n", {"eof": EOF_LINE}),
-    Runs("quoted here-document", "cat <<'EOF'\nv={{ .x }} $HOME\nEOF", lambda v: f"v={v} $HOME\n", {"eof": EOF_LINE}),
+    Runs(
+        "here-document",
+        "cat <<EOF\nv={{ .x }} and $((1+1))\nEOF",
+        lambda v: f"v={v} and 2\n",
+        {"eof": EOF_LINE},
+    ),
+    Runs(
+        "quoted here-document",
+        "cat <<'EOF'\nv={{ .x }} $HOME\nEOF",
+        lambda v: f"v={v} $HOME\n",
+        {"eof": EOF_LINE},
+    ),
     Runs(
         "here-document with <<-",
         "cat <<-EOF\n\tv={{ .x }}\n\tEOF",
@@ -139,7 +156,7 @@ RUNS = [
     Runs("[[ == ]] pattern", "[[ {{ .x }} == {{ .x }} ]] && echo same", lambda v: "same\n"),
     Runs("[ ] operand", "[ {{ .x }} = {{ .x }} ] && echo same", lambda v: "same\n"),
     Runs("command name", "{{ .x }} 2>/dev/null || echo none", lambda v: "none\n"),
-    Runs("safe form of sh -c", "sh -c 'printf \"%s\\n\" \"$1\"' _ {{ .x }}", same, OPTION_ONLY),
+    Runs("safe form of sh -c", 'sh -c \'printf "%s\\n" "$1"\' _ {{ .x }}', same, OPTION_ONLY),
     Runs("safe form of ssh: stdin", "printf -- '%s\\n' {{ .x }} | cat", same),
     Runs(
         "for list",
@@ -164,7 +181,9 @@ def _sets(case: Runs, value: str) -> dict[str, Any]:
 
 
 def _parameters(case: Runs) -> list[dict[str, Any]]:
-    return [{"name": "x", "type": "list", "default": ["v"]} if case.as_list else {"name": "x", "default": "v"}]
+    return [
+        {"name": "x", "type": "list", "default": ["v"]} if case.as_list else {"name": "x", "default": "v"}
+    ]
 
 
 @pytest.mark.parametrize("key", sorted(HOSTILE))
@@ -197,7 +216,9 @@ class Refused:
 INT = [{"name": "x", "type": "int", "default": 1}]
 REFUSED = [
     # the constructs that ran a hostile value
-    Refused("arithmetic in $( ) in quotes", 'echo "took $(( $(date +%s) - {{ .x }} ))s"', "lands in arithmetic"),
+    Refused(
+        "arithmetic in $( ) in quotes", 'echo "took $(( $(date +%s) - {{ .x }} ))s"', "lands in arithmetic"
+    ),
     Refused("here-document <<'EOF'X", "cat <<'EOF'X\n{{ .x }}\nEOF\necho hi\nEOFX", "delimiter `'EOF'X`"),
     # here-documents bash ends elsewhere than its grammar
     Refused("blank before the delimiter", "cat <<EOF\n EOF\necho {{ .x }}\nEOF", "another line"),
@@ -225,7 +246,7 @@ REFUSED = [
     Refused("a value as the script", "bash -c {{ .x }}", "`bash -c`"),
     Refused("find -exec sh -c", "find . -exec sh -c 'echo {{ .x }}' \\;", "`sh -c`"),
     Refused("xargs sh -c", "echo a | xargs sh -c 'echo {{ .x }}'", "`sh -c`"),
-    Refused("sh -c on a $( ) output", "sh -c \"$(echo {{ .x }})\"", "`sh -c`"),
+    Refused("sh -c on a $( ) output", 'sh -c "$(echo {{ .x }})"', "`sh -c`"),
     Refused("eval", 'eval "echo {{ .x }}"', "`eval` runs its arguments as shell code"),
     Refused("su -c", "su -c 'echo {{ .x }}' nobody", "`su -c`"),
     Refused("runuser -c", "runuser -u app -c 'echo {{ .x }}'", "`runuser -c`"),
@@ -261,7 +282,9 @@ REFUSED = [
     Refused("assignment name", "{{ .x }}=1", "variable's name"),
     Refused("declare -n", "declare -n ref={{ .x }}", "variable's name"),
     # what the grammar cannot read is not guessed
-    Refused("unbalanced control block", 'echo {{ if .x }}"{{ end }}a" {{ .x }}', "block opens or closes quotes"),
+    Refused(
+        "unbalanced control block", 'echo {{ if .x }}"{{ end }}a" {{ .x }}', "block opens or closes quotes"
+    ),
     Refused("syntax error", 'echo "unterminated {{ .x }}', "grammar cannot read"),
 ]
 
@@ -291,7 +314,9 @@ ARITHMETIC = [
 
 
 @pytest.mark.parametrize(("name", "command", "expected"), ARITHMETIC, ids=[a[0] for a in ARITHMETIC])
-def test_arithmetic_takes_int_parameters_checked_as_numbers(name: str, command: str, expected: str, tmp_path: Path) -> None:
+def test_arithmetic_takes_int_parameters_checked_as_numbers(
+    name: str, command: str, expected: str, tmp_path: Path
+) -> None:
     path = workflow(tmp_path / "wf.yaml", command, INT)
     result = bash(rendered(path, {"x": "3"}), tmp_path)
     assert result.stdout.decode() == expected, result.stderr
@@ -320,7 +345,9 @@ def test_arithmetic_refuses_untyped_and_captured_values(tmp_path: Path) -> None:
     )
     with pytest.raises(ValidationError, match="lands in arithmetic.*declare `outputs`"):
         analyse(load_workflow(path))
-    float_path = workflow(tmp_path / "f.yaml", "echo $(( {{ .x }} ))", [{"name": "x", "type": "float", "default": 1}])
+    float_path = workflow(
+        tmp_path / "f.yaml", "echo $(( {{ .x }} ))", [{"name": "x", "type": "float", "default": 1}]
+    )
     analyse(load_workflow(float_path))  # `type: float` is a number too
 
 
@@ -339,7 +366,9 @@ def test_option_values_are_refused_at_bind_unless_the_pattern_allows_them(tmp_pa
     assert "validation.pattern" in message and "`--`" in message
     assert bash(rendered(path, {"files": ["a.txt"]}), tmp_path).returncode == 0
     # a variable made from the parameter is the parameter
-    via = workflow(tmp_path / "via.yaml", "tar -cf out.tar {{ .args }}", params, variables={"args": "{{ .files }}"})
+    via = workflow(
+        tmp_path / "via.yaml", "tar -cf out.tar {{ .args }}", params, variables={"args": "{{ .files }}"}
+    )
     with pytest.raises(ValidationError, match="parameter `files`"):
         rendered(via, {"files": files})
     # `--` ends the options: the same values are file names
@@ -355,7 +384,9 @@ def test_option_values_are_refused_at_bind_unless_the_pattern_allows_them(tmp_pa
 
 def test_option_values_from_outputs_are_refused_when_rendered(tmp_path: Path) -> None:
     template = compile_template("tar -cf out.tar {{ .outputs.listing }}", where="wf.yaml:9")
-    with pytest.raises(ValidationError, match="starts with `-`, so `tar` would take it for an option") as caught:
+    with pytest.raises(
+        ValidationError, match="starts with `-`, so `tar` would take it for an option"
+    ) as caught:
         template.render({"outputs": {"listing": "--checkpoint-action=exec=sh x"}}, shell=True)
     assert caught.value.where == "wf.yaml:9"
     # each item of a list starts a word, wherever the value starts
@@ -374,12 +405,19 @@ def test_a_value_cannot_end_a_here_document_early(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValidationError, match="ends its here-document early"):
             compile_template(command).render({"x": value}, shell=True)
-    assert compile_template("cat <<EOF\n{{ .x }}F\nEOF").render({"x": "EOX"}, shell=True) == "cat <<EOF\nEOXF\nEOF"
+    assert (
+        compile_template("cat <<EOF\n{{ .x }}F\nEOF").render({"x": "EOX"}, shell=True)
+        == "cat <<EOF\nEOXF\nEOF"
+    )
 
 
 def test_a_here_document_line_starting_with_a_value_plans_and_runs(tmp_path: Path) -> None:
     out = tmp_path / "f"
-    path = workflow(tmp_path / "wf.yaml", f"cat > {out} <<EOF\n{{{{ .config }}}}\nEOF", [{"name": "config", "default": "a: b"}])
+    path = workflow(
+        tmp_path / "wf.yaml",
+        f"cat > {out} <<EOF\n{{{{ .config }}}}\nEOF",
+        [{"name": "config", "default": "a: b"}],
+    )
     assert bash(rendered(path, {"config": "port: $PORT"}), tmp_path).returncode == 0
     assert out.read_text() == "port: $PORT\n"
 
@@ -388,13 +426,25 @@ def test_a_here_document_line_starting_with_a_value_plans_and_runs(tmp_path: Pat
     value=st.lists(
         st.one_of(
             st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
-            st.sampled_from(["$(touch M)", "`touch M`", "';touch M;'", '";touch M;"', "\nEOF\n", "a[$(touch M)]", "\\", "$'", "--x"]),
+            st.sampled_from(
+                [
+                    "$(touch M)",
+                    "`touch M`",
+                    "';touch M;'",
+                    '";touch M;"',
+                    "\nEOF\n",
+                    "a[$(touch M)]",
+                    "\\",
+                    "$'",
+                    "--x",
+                ]
+            ),
         ),
         max_size=5,
     ).map("".join),
     case=st.sampled_from(RUNS),
 )
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_fuzz_random_values_through_every_quoting_context(value: str, case: Runs, tmp_path: Path) -> None:
     marker = tmp_path / "M"
     value = value.replace("M", str(marker))
@@ -416,7 +466,7 @@ def test_fuzz_random_values_through_every_quoting_context(value: str, case: Runs
     ("template", "message"),
     [
         ("sh -c 'gzip -c {input} > {output}'", "sh -c '... \"$1\" ...' _ {input}"),
-        ("bash -c \"wc -l {input}\"", "`bash -c`"),
+        ('bash -c "wc -l {input}"', "`bash -c`"),
         ("eval cat {input}", "`eval`"),
         ("echo $(( {name} ))", "arithmetic"),
         ("cat `echo {input}`", "backticks"),
@@ -435,7 +485,7 @@ def test_processor_safe_form_and_option_like_file_names(tmp_path: Path) -> None:
     names = [f"a$(touch {marker.name})", f"--checkpoint-action=exec=touch {marker.name}", "plain"]
     for name in names:
         (src / name).write_text(name)
-    safe = parse_processor("sh -c 'cat \"$1\" > \"$2\"' _ {input} {output}")
+    safe = parse_processor('sh -c \'cat "$1" > "$2"\' _ {input} {output}')
     for file in iter_inputs([str(src)]):
         outcome = attempt(file, safe, output_dir=tmp_path / "out", timeout=30, print_="x")
         assert outcome.status == "completed", outcome.error
@@ -449,3 +499,38 @@ def test_processor_safe_form_and_option_like_file_names(tmp_path: Path) -> None:
     assert refused.status == "failed" and "starts with `-`" in refused.error and "{name}" in refused.error
     assert outcomes["plain"].status == "completed"
     assert not marker.exists() and not (Path.cwd() / marker.name).exists()
+
+
+# --- differential fuzz: random commands, bash is the judge ----------------------------------
+
+FUZZ_VALUES = [
+    "$(touch M)",
+    "`touch M`",
+    "';touch M;'",
+    '";touch M;"',
+    "a[$(touch M)]",
+    "\nEOF\ntouch M\nEOF\n",
+    "1;touch M",
+    "x\\",
+    "--checkpoint-action=exec=touch M",
+    "EOF",
+]
+
+
+@given(seed=st.integers(0, 2**32), value=st.sampled_from(FUZZ_VALUES))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_random_commands_never_run_a_value(seed: int, value: str, tmp_path: Path) -> None:
+    """Whatever command is written, a value is refused or bash treats it as data."""
+    source = Generator(seed).command()
+    if VALUE not in source:
+        source += " " + VALUE
+    marker = tmp_path / "M"
+    try:
+        command = compile_template(source).render({"x": value.replace("M", str(marker))}, shell=True)
+    except ValidationError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            bash_argv(command), cwd=tmp_path, capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+    assert not marker.exists(), (source, command)
