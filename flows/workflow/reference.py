@@ -24,7 +24,9 @@ do not edit by hand. Unknown keys are errors (with a "did you mean"). Durations 
 `30s` / `5m` / `1h30m`; memory is `512Mi` / `2Gi` / `1G`; CPU is cores (`0.5`, `2`, `500m`).
 
 Templates (`command`, `script`, `when`, `condition`, `variables`, `conditions`, `validation`,
-`prerequisites`) use `{{ .name }}`; values are shell-quoted inside commands (`| raw` opts out).
+`prerequisites`) use `{{ .name }}`; inside commands each value is quoted for where it lands, and
+refused where no quoting holds it (arithmetic unless `type: int`, `sh -c '...'`, backticks; see the
+README's *Quoting*); `| raw` opts out.
 """
 
 
