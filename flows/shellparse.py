@@ -431,9 +431,8 @@ class _Reader:
             c in _OTHER_VALUE.sub("", _text(token)) for c in "\"'$`"
         ):
             # quotes or expansions inside one token: the grammar did not read this part
-            raise _Problem(
-                f"a value inside `{_text(token)[:40]}` cannot be placed safely — make it a word of its own"
-            )
+            shown = _OTHER_VALUE.sub("VALUE", _text(token))[:40]
+            raise _Problem(f"a value inside `{shown}` cannot be placed safely — make it a word of its own")
         kind = None
         delimiter, strip_tabs = "", False
         arith = name = False
@@ -490,7 +489,11 @@ class _Reader:
                 name = True
             elif t in ("binary_expression", "unary_expression"):
                 operator = next((_text(c) for c in node.children if c.type == "test_operator"), "")
-                arith = arith or operator in _ARITH_TESTS
+                test = next((n for n in chain[index:] if n.type == "test_command"), None)
+                # `[[ a -gt b ]]` evaluates its operands as arithmetic; `[` and `test` do not
+                arith = arith or (
+                    operator in _ARITH_TESTS and test is not None and test.children[0].type == "[["
+                )
                 name = name or operator in ("-v", "-R")
             elif t == "variable_assignment" and child != node.children[0]:
                 arith = arith or _text(node.children[0]) in self.integers
