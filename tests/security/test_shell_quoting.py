@@ -155,7 +155,9 @@ RUNS = [
     Runs("case pattern", "case {{ .x }} in {{ .x }}) echo match;; *) echo no;; esac", lambda v: "match\n"),
     Runs("[[ == ]] pattern", "[[ {{ .x }} == {{ .x }} ]] && echo same", lambda v: "same\n"),
     Runs("[ ] operand", "[ {{ .x }} = {{ .x }} ] && echo same", lambda v: "same\n"),
-    Runs("[ -gt ] is not arithmetic", "[ {{ .x }} -gt 3 ] 2>/dev/null && echo big || echo no", lambda v: "no\n"),
+    Runs(
+        "[ -gt ] is not arithmetic", "[ {{ .x }} -gt 3 ] 2>/dev/null && echo big || echo no", lambda v: "no\n"
+    ),
     Runs("command name", "{{ .x }} 2>/dev/null || echo none", lambda v: "none\n"),
     Runs("safe form of sh -c", 'sh -c \'printf "%s\\n" "$1"\' _ {{ .x }}', same, OPTION_ONLY),
     Runs("safe form of ssh: stdin", "printf -- '%s\\n' {{ .x }} | cat", same),
