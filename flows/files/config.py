@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.errors import ValidationError
+from flows.safe_yaml import load_yaml
+from flows.user_files import read_user_text
 
 
 class BatchSettings(BaseModel):
@@ -53,16 +54,7 @@ class BatchConfig(BaseModel):
 
 def load_batch_config(path: Path, environment: str | None) -> dict[str, Any]:
     """The settings for `environment`: its overrides on top of the defaults (unset keys omitted)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ValidationError("no such config file", where=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"cannot read: {exc}", where=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ValidationError(f"malformed YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    data = load_yaml(read_user_text(path, what="config file"), path) or {}
     try:
         config = BatchConfig.model_validate(data)
     except pydantic.ValidationError as exc:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from flows.errors import ValidationError
+from flows.errors import OpsflowError, ValidationError
 from flows.shellquote import ARITH, Hole, Shape, Slot, UnsafeValue, analyse, check_value, quote_text
+from flows.user_files import open_regular, read_user_text
 from flows.workflow.shell import run_command
 
 PLACEHOLDER = re.compile(r"\{(input|output|name)\}")
@@ -198,11 +199,10 @@ class RecordsProcessor:
     @classmethod
     def load(cls, schema_path: str) -> RecordsProcessor:
         path = Path(schema_path)
+        text = read_user_text(path, what="schema file")
         try:
-            schema = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValidationError("no such schema file", where=str(path)) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise ValidationError(f"not a readable JSON schema ({exc})", where=str(path)) from None
         from jsonschema import Draft202012Validator
         from jsonschema.exceptions import SchemaError
@@ -282,9 +282,12 @@ def _boolean(text: str) -> bool:
 
 def _read_records(path: Path) -> list[Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path) as handle:  # an input swapped for a FIFO must not hang the batch
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ProcessingFailed("not UTF-8 text (binary file?)") from None
+    except OpsflowError as exc:
+        raise ProcessingFailed(exc.message) from None
     except OSError as exc:
         raise ProcessingFailed(f"cannot read: {exc.strerror}") from None
     suffix = path.suffix.lower()

@@ -8,6 +8,7 @@ half-written output behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -17,8 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.errors import OpsflowError
 from flows.files.discover import InputFile
 from flows.files.processors import Output, ProcessingFailed, Processor
+from flows.user_files import open_regular
 
 HASH_CHUNK = 1024 * 1024
 
@@ -54,7 +57,11 @@ def fingerprint(path: Path, identity: str, options: str) -> str:
     digest.update(b"\0")
     digest.update(options.encode())
     digest.update(b"\0")
-    with open(path, "rb") as handle:
+    try:
+        opened = open_regular(path)
+    except OpsflowError as exc:  # swapped for a FIFO or a device since discovery: unreadable input
+        raise OSError(errno.EINVAL, exc.message) from None
+    with opened as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flows.errors import ValidationError
+from flows.errors import OpsflowError, ValidationError
+from flows.user_files import open_regular, read_user_text
 
 MANIFEST_VERSION = 1
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
@@ -74,7 +75,7 @@ def database_dir(root: Path, database: str) -> Path:
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path, what="backup") as handle:
         while chunk := handle.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
@@ -99,8 +100,8 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
 def read_manifest(path: Path) -> Manifest | None:
     """The manifest at `path`, or None when it is unreadable or not a manifest."""
     try:
-        return Manifest.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError):
+        return Manifest.model_validate(json.loads(read_user_text(path)))
+    except (OpsflowError, ValueError):
         return None
 
 

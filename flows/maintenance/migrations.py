@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from flows.errors import ValidationError
+from flows.errors import OpsflowError, ValidationError
+from flows.user_files import read_user_bytes
 
 _NAME = re.compile(r"^V?(?P<version>\d+)(?:__?|-)(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+#: Largest migration file read (each is held in memory while it runs).
+MAX_MIGRATION_BYTES = 64 * 1024 * 1024
 NO_TRANSACTION = re.compile(r"^\s*--\s*opsflow:\s*no-transaction\s*$", re.I | re.M)
 
 
@@ -75,10 +78,10 @@ def discover(directory: Path) -> list[Migration]:
             problems.append(f"{path}: not a migration name — use NNN_name.sql (e.g. 001_create_users.sql)")
             continue
         try:
-            data = path.read_bytes()
+            data = read_user_bytes(path, what="migration", limit=MAX_MIGRATION_BYTES)
             text = data.decode("utf-8")
-        except OSError as exc:
-            problems.append(f"{path}: cannot read: {exc.strerror}")
+        except OpsflowError as exc:  # a FIFO, a device, unreadable, too large
+            problems.append(str(exc))
             continue
         except UnicodeDecodeError as exc:
             problems.append(f"{path}: not UTF-8 text (byte {exc.start})")

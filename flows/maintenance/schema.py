@@ -13,11 +13,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from flows.errors import ValidationError
+from flows.safe_yaml import load_yaml
+from flows.user_files import read_user_text
 
 # How PostgreSQL spells common type aliases (format_type output).
 _TYPE_ALIASES = {
@@ -62,18 +63,8 @@ def qualified(name: str) -> str:
 
 def load_expected(path: Path) -> tuple[ExpectedSchema, str]:
     """The expected schema and a hash of the file (part of the verification cache key)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ValidationError(f"expected schema {path} does not exist (OPSFLOW_EXPECTED_SCHEMA)") from None
-    except OSError as exc:
-        raise ValidationError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ValidationError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    text = read_user_text(path, what="expected schema (OPSFLOW_EXPECTED_SCHEMA)")
+    data = load_yaml(text, path)
     try:
         schema = ExpectedSchema.model_validate(data)
     except PydanticValidationError as exc:

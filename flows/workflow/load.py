@@ -11,16 +11,13 @@ from typing import Any
 import pydantic
 import yaml
 
-from flows.errors import PermissionFailure, ValidationError
+from flows.errors import ValidationError
+from flows.safe_yaml import load_yaml
+from flows.user_files import MAX_FILE_BYTES as MAX_FILE_BYTES  # re-exported: the workflow file limit
+from flows.user_files import read_user_text
 from flows.workflow.spec import Workflow
 
-try:  # the C loader is several times faster on large files
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
-
 Location = tuple[str | int, ...]
-MAX_FILE_BYTES = 5 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,21 +38,9 @@ class LoadedWorkflow:
 
 
 def read_text(path: Path) -> str:
-    """The file's text, or an opsflow error that says why it cannot be read."""
-    try:
-        if path.is_dir():
-            raise ValidationError("is a directory, not a workflow file", where=str(path))
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ValidationError(f"larger than {MAX_FILE_BYTES // 1024 // 1024} MiB", where=str(path))
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValidationError("no such file", where=str(path)) from None
-    except PermissionError:
-        raise PermissionFailure("permission denied", where=str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(path)) from None
-    except OSError as exc:
-        raise ValidationError(exc.strerror or str(exc), where=str(path)) from None
+    """The file's text, or an opsflow error that says why it cannot be read (a FIFO, a device,
+    a directory, a file over MAX_FILE_BYTES: exit 3)."""
+    return read_user_text(path)
 
 
 def load_workflow(path: str | os.PathLike[str]) -> LoadedWorkflow:
@@ -80,29 +65,13 @@ def parse_workflow(text: str, path: Path) -> LoadedWorkflow:
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Location, int]]:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, {}
-        lines: dict[Location, int] = {(): node.start_mark.line + 1}
+    lines: dict[Location, int] = {}
+
+    def index(loader: Any, node: yaml.Node) -> None:
+        lines[()] = node.start_mark.line + 1
         _index(loader, node, (), lines, path)
-        return loader.construct_document(node), lines
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ValidationError(f"malformed YAML: {exc.problem or exc.context}", where=where) from None
-    except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count("\n") + 1
-        raise ValidationError(
-            f"malformed YAML: {exc.reason} (character {exc.character!r})", where=f"{path}:{line}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ValidationError(f"malformed YAML: {exc}", where=str(path)) from None
-    except RecursionError:
-        raise ValidationError("malformed YAML: nested too deeply", where=str(path)) from None
-    finally:
-        loader.dispose()
+
+    return load_yaml(text, path, visit=index), lines
 
 
 def _index(loader: Any, node: yaml.Node, loc: Location, lines: dict[Location, int], path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from flows.errors import ValidationError
+from flows.safe_yaml import compose_yaml, load_yaml
 from flows.workflow.check import analyse
 from flows.workflow.load import parse_workflow, read_text
 from flows.workflow.params import check, coerce
@@ -59,11 +60,8 @@ def read_template(path: Path, *, builtin: bool = False) -> WorkflowTemplate:
     """A template file: its `template` block and the workflow around it, which must validate."""
     where = str(path)
     text = read_text(path)
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ValidationError(f"malformed YAML: {exc}", where=where) from None
+    data = load_yaml(text, path)
+    node = compose_yaml(text, path)
     meta = data.pop("template", None) if isinstance(data, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise ValidationError(
@@ -189,7 +187,7 @@ def generate_template(
     where = str(path)
     loaded = parse_workflow(read_text(path), path)
     analyse(loaded)
-    data = yaml.safe_load(loaded.text)
+    data = load_yaml(loaded.text, path)
     declared = {p["name"]: p for p in data.get("parameters") or []}
     settable: list[str] = []
     for item in params:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from flows.errors import OpsflowError
 from flows.maintenance.record import safe_parameters
+from flows.user_files import read_user_bytes
 from flows.workflow.dispatch import Outcome
 from flows.workflow.masking import MASKED
 from flows.workflow.report import RunSummary, StepOutcome
@@ -36,7 +37,7 @@ _active_lock = threading.Lock()
 
 
 def file_checksum(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(read_user_bytes(path)).hexdigest()
 
 
 def masked_parameters(parameters: dict[str, Any]) -> list[str]:

@@ -30,7 +30,8 @@ def test_all_seed_examples_are_present():
 @pytest.mark.parametrize("path", [p for p in SEED_FILES if p.stem not in UNMAPPABLE], ids=lambda p: p.stem)
 def test_seed_examples_validate_unchanged(path):
     loaded = load_workflow(path)
-    analysis = analyse(loaded)
+    # best-practice-example uses `.services` without declaring it: the run must be given it
+    analysis = analyse(loaded, {"services": "api,worker"})
     assert loaded.spec.name
     assert analysis.graph.nodes
 
@@ -141,10 +142,14 @@ def test_permission_denied_is_exit_5(tmp_path, monkeypatch):
     locked.chmod(0)
     if os.geteuid() == 0:  # root reads every file: make the OS answer as it would to anyone else
 
-        def refuse(self, *args, **kwargs):
-            raise PermissionError(13, "Permission denied", str(self))
+        real_open = os.open
 
-        monkeypatch.setattr(Path, "read_text", refuse)
+        def refuse(path, *args, **kwargs):
+            if str(path) == str(locked):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionFailure) as info:
         load_workflow(locked)
     assert info.value.exit_code == 5
