@@ -85,20 +85,35 @@ def _fail(console: Console, err: OpsflowError) -> int:
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Workflow files to check.", show_default=False)],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="Values the run will be given (key=value, repeatable): names the templates use "
+            "without declaring them must be among these.",
+        ),
+    ] = None,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> int:
-    """Check workflow files without running anything (schema, references, cycles, templates)."""
+    """Check workflow files without running anything: schema, references, cycles, templates,
+    parameter defaults, names the templates use, what the template sandbox refuses."""
     from flows.workflow.check import analyse
     from flows.workflow.load import load_workflow
+    from flows.workflow.params import parse_sets
 
     console = Console(verbose=verbose, quiet=quiet)
     results, code = [], EXIT_OK
+    try:
+        values = parse_sets(sets or [])
+    except OpsflowError as err:
+        return _fail(console, err)
     for file in files:
         try:
             loaded = load_workflow(file)
-            analysis = analyse(loaded)
+            analysis = analyse(loaded, values)
         except OpsflowError as err:
             code = max(code, err.exit_code)
             details = getattr(err, "details", None) or [str(err)]
@@ -137,8 +152,8 @@ def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int 
 
     settings = get_settings()
     loaded = load_workflow(file)
-    analysis = analyse(loaded)
     values = parse_sets(sets or [])
+    analysis = analyse(loaded, values)
     bound = bind(
         loaded,
         values,
@@ -320,7 +335,12 @@ def reference(
         sys.stdout.write(text)
         return EXIT_OK
     if check:
-        current = output.read_text() if output.exists() else ""
+        from flows.user_files import read_user_text
+
+        try:
+            current = read_user_text(output) if output.exists() else ""
+        except OpsflowError as err:
+            return _fail(Console(verbose=verbose, quiet=quiet), err)
         if current != text:
             Console(verbose=verbose, quiet=quiet).error(
                 f"{output} is stale: run `python -m flows.batch reference -o {output}`"

@@ -92,8 +92,8 @@ def validate_workflow(file: Path, sets: list[str] | None, env: str | None):
     from flows.workflow.params import bind, parse_sets
 
     loaded = load_workflow(file)
-    analyse(loaded)
     values = parse_sets(sets or [])
+    analyse(loaded, values)
     bind(
         loaded, values, environment=env, default_environment=FLOW_DEFAULT_ENVIRONMENT, workflow_id="scheduled"
     )

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flows.errors import ValidationError
 from flows.shellquote import ARITH, UNQUOTED
@@ -15,7 +17,7 @@ from flows.workflow.conditions import check_health_marks, check_rollback
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.metrics import check_metrics
-from flows.workflow.params import BUILTIN_NAMES
+from flows.workflow.params import BUILTIN_NAMES, check, coerce
 from flows.workflow.recovery import check_recovery
 from flows.workflow.spec import Step
 from flows.workflow.template import Template, compile_template
@@ -28,16 +30,37 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
 
 
-def analyse(loaded: LoadedWorkflow) -> Analysis:
-    """Build the graph and check everything that does not need parameter values."""
+def analyse(loaded: LoadedWorkflow, sets: Mapping[str, Any] | None = None) -> Analysis:
+    """Build the graph and check everything that does not need parameter values.
+
+    `sets` are the values the run will be given (`--set`): a name the templates use that is
+    neither declared nor built in must be among them, and those of declared parameters must
+    fit the parameter. Parameter defaults must fit too, whatever `sets` holds.
+    """
+    sets = sets or {}
     graph = build_graph(loaded)
+    _check_parameters(loaded, sets)
     _check_references(loaded, graph)
     _check_resources(loaded, graph)
     check_metrics(loaded, graph)
     check_recovery(loaded, graph)
     check_health_marks(loaded, graph)
     warnings = check_rollback(loaded, graph)
-    return Analysis(graph=graph, warnings=[*warnings, *check_templates(loaded, graph)])
+    return Analysis(graph=graph, warnings=[*warnings, *check_templates(loaded, graph, set(sets))])
+
+
+def _check_parameters(loaded: LoadedWorkflow, sets: Mapping[str, Any]) -> None:
+    """What binding would refuse of a default or a given value, refused now with its line."""
+    for index, param in enumerate(loaded.spec.parameters):
+        if param.default is not None:
+            try:
+                check(param, coerce(param, param.default))
+            except ValidationError as err:
+                raise ValidationError(
+                    f"`default`: {err.message}", where=loaded.where(("parameters", index, "default"))
+                ) from None
+        if param.name in sets:
+            check(param, coerce(param, sets[param.name]))
 
 
 def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:
@@ -85,12 +108,15 @@ def _check_resources(loaded: LoadedWorkflow, graph: Graph) -> None:
                     )
 
 
-def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
-    """Compile every template now (syntax errors fail validation); return warnings for names
-    that are neither declared nor built in (they must come from `--set`)."""
+def check_templates(
+    loaded: LoadedWorkflow, graph: Graph, given: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """Compile every template now (syntax errors fail validation); a name that is neither
+    declared nor built in nor `given` (with --set) is an error, as rendering it would be."""
     spec = loaded.spec
-    known = {p.name for p in spec.parameters} | set(spec.variables) | {c.name for c in spec.conditions}
-    known |= set(BUILTIN_NAMES)
+    declared = {p.name for p in spec.parameters} | set(spec.variables) | {c.name for c in spec.conditions}
+    declared |= set(BUILTIN_NAMES)
+    known = declared | given
     captured = {n.step.capture_output for n in graph.nodes.values() if n.step.capture_output}
     warnings: list[str] = []
     for loc, source in _template_fields(loaded, graph):
@@ -103,10 +129,15 @@ def check_templates(loaded: LoadedWorkflow, graph: Graph) -> list[str]:
                 where=loaded.where(loc),
             )
         for name in sorted(template.names() - known):
-            hint = difflib.get_close_matches(name, sorted(known), n=1)
-            warnings.append(
-                f"{loaded.where(loc)}: `.{name}` is not declared"
-                + (f" — did you mean `.{hint[0]}`?" if hint else f"; it must be given with --set {name}=...")
+            hint = difflib.get_close_matches(name, sorted(declared), n=1)
+            raise ValidationError(
+                f"`.{name}` is not declared"
+                + (
+                    f" — did you mean `.{hint[0]}`?"
+                    if hint
+                    else f" — declare it under `parameters` or give it with --set {name}=..."
+                ),
+                where=loaded.where(loc),
             )
     return warnings
 

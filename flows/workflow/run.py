@@ -117,12 +117,13 @@ def _run(
 ) -> State:
     logger = get_run_logger()
     loaded = load_workflow(path)
-    analysis = analyse(loaded)
+    given = {k: v if isinstance(v, str) else _as_text(v) for k, v in (parameters or {}).items()}
+    analysis = analyse(loaded, given)
     graph = analysis.graph
     workflow_id = str(current_flow_run.id or "local")
     bound = bind(
         loaded,
-        {k: v if isinstance(v, str) else _as_text(v) for k, v in (parameters or {}).items()},
+        given,
         environment=environment,
         default_environment=default_environment,
         workflow_id=workflow_id,

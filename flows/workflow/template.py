@@ -22,12 +22,21 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 from jinja2.utils import missing
 
 from flows.errors import ValidationError
 from flows.shellquote import Slot, UnsafeValue, check_value, quote_text
 from flows.workflow.gotemplate import JINJA_BLOCK, JINJA_COMMENT, translate, translate_shell
+from flows.workflow.sandbox import (
+    LimitedSandbox,
+    budget,
+    check_size,
+    check_tree,
+    checked_join,
+    counted,
+    join_output,
+)
 from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 _TRUE, _FALSE = TRUE_WORDS, FALSE_WORDS
@@ -147,16 +156,17 @@ def _to_json(value: Any) -> str:
 def _join(items: Any, sep: str = " ") -> str:
     if isinstance(_defined(items), str):
         return items  # a single-valued parameter joins to itself
-    return sep.join(str(_plain(item)) for item in items)
+    return checked_join(sep, (_plain(item) for item in items))
 
 
 def _values(value: Any) -> Any:
-    # Go ranges over a map's values in key order; Jinja would yield the keys
-    return [value[k] for k in sorted(value)] if isinstance(value, Mapping) else value
+    # Go ranges over a map's values in key order; Jinja would yield the keys. Every Go `range`
+    # loops through here or `_pairs`: each iteration counts against the render's bounds.
+    return counted([value[k] for k in sorted(value)] if isinstance(value, Mapping) else value)
 
 
 def _pairs(value: Any) -> Any:
-    return sorted(value.items()) if isinstance(value, Mapping) else enumerate(value)
+    return counted(sorted(value.items()) if isinstance(value, Mapping) else enumerate(value))
 
 
 def _go_name(name: Any) -> str:
@@ -187,8 +197,8 @@ class _Undefined(jinja2.StrictUndefined):
         return f"{type(obj).__name__} value has no field {_go_name(name)}"
 
 
-def _env(finalize: Any, shell: bool = False) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _env(finalize: Any, shell: bool = False) -> LimitedSandbox:
+    env = LimitedSandbox(
         undefined=_Undefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -204,6 +214,7 @@ def _env(finalize: Any, shell: bool = False) -> ImmutableSandboxedEnvironment:
     env.filters.update(
         _SHELL_CONTEXT_FILTERS if shell else dict.fromkeys(_SHELL_CONTEXT_FILTERS, lambda v, *a: v)
     )
+    env.limit_filters()
     return env
 
 
@@ -326,15 +337,15 @@ class Template:
         return frozenset(found)
 
     def render(self, context: Mapping[str, Any], *, shell: bool = False) -> str:
-        with _reporting(self.where, self.source, context):
+        with _reporting(self.where, self.source, context), budget():
             jinja = translate_shell(self.source).jinja if shell else self._jinja
-            return _compiled(jinja, shell).render(dict(context))
+            return join_output(_compiled(jinja, shell).generate(dict(context)))
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._expr is None:
             return self.render(context)
-        with _reporting(self.where, self.source, context):
-            return _defined(_expression(self._expr)(dict(context)))
+        with _reporting(self.where, self.source, context), budget():
+            return check_size(_defined(_expression(self._expr)(dict(context))))
 
     def truth(self, context: Mapping[str, Any]) -> bool:
         value = self.evaluate(context)
@@ -356,8 +367,9 @@ def compile_template(source: str, *, where: str | None = None, line: int | None 
         jinja, expr = translate(source)
         # Parse only: code generation waits for the first render, so validating a large file
         # stays fast. What the code generator would refuse (unknown filters and tests) is
-        # checked on the parse tree instead.
+        # checked on the parse tree instead, as is what the sandbox refuses whatever the values.
         _check_names(_ast(jinja))
+        check_tree(_ast(jinja), _PLAIN)
         template = Template(source, line, where, jinja, expr)
         unset = sorted(n for n in template.names() if n.startswith("_v_"))
         if unset:

@@ -212,6 +212,10 @@ COMPILE_ERRORS = [
     ("{{ if }}x{{ end }}", ["needs an expression"]),
     ("{{ if .a + }}x{{ end }}", ["syntax error"]),
     ("{{ .services | nosuchfilter }}", ["nosuchfilter"]),
+    # what the sandbox refuses whatever the values is refused before any render
+    ("{{ ''.__class__.__mro__ }}", ["sandbox", "__class__"]),
+    ("{{ .environment.__class__.__base__ }}", ["sandbox", "__class__"]),
+    ("{{ environment.__init__.__globals__ }}", ["sandbox", "__init__"]),
 ]
 
 
@@ -235,10 +239,8 @@ RENDER_ERRORS = [
     ("{{ if .is_prod }}x{{ end }}", CTX, ["undefined name `.is_prod`", "`.is_production`"]),
     ("{{ .outputs.status_chek }}", CTX, ["undefined field `.status_chek`", "`.status_check`"]),
     ("{{ .zzz }}", {"a": 1}, ["undefined name `.zzz`", "known: a"]),
-    ("{{ ''.__class__.__mro__ }}", CTX, ["sandbox", "__class__"]),
-    ("{{ .environment.__class__.__base__ }}", CTX, ["sandbox"]),
-    ("{{ environment.__init__.__globals__ }}", CTX, ["sandbox"]),
     ("{{ .services.append('x') }}", CTX, ["sandbox"]),
+    ("{{ dict.mro() }}", CTX, ["sandbox", "mro"]),
     (
         "{{ .outputs.status_check | fromJSON }}",
         context(outputs={"status_check": "oops {"}),

@@ -1,0 +1,318 @@
+"""Bad input ends quickly, with one line and exit 3 (or 4 for a lost records database).
+
+Each case once hung, crashed or took minutes: an alias bomb in YAML, a FIFO or a device given
+as a file, a template that builds a gigabyte, what `plan` refused while `validate` said ok, and
+a records database dying in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.batch import main
+from flows.errors import PermissionFailure, ValidationError
+
+LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[ERROR\] \[[^\]]+\] .+")
+# What a fixed build answers in milliseconds; the old one hung past this (the guard fails it).
+HANG = pytest.mark.timeout(60)
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return info.value.code
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and LOG_LINE.match(err[0]), err
+    return err[0]
+
+
+# --- YAML alias bombs ---------------------------------------------------------------------------
+
+LEVELS = "abcdef"  # 9**6 values from six short lines; the full nine-level file is 9**9
+
+
+def alias_bomb(levels: str = LEVELS, indent: str = "") -> str:
+    lines = [f'{indent}{levels[0]}: &{levels[0]} ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip(levels, levels[1:], strict=False):
+        lines.append(f"{indent}{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def bomb_line(text: str) -> int:
+    """The line of the last anchor: its aliases are where 100,000 repeated values are passed."""
+    return (
+        text.splitlines().index(next(line for line in text.splitlines() if line.lstrip().startswith("f:")))
+        + 1
+    )
+
+
+def test_the_billion_laughs_file_is_refused_naming_its_line():
+    from flows.safe_yaml import load_yaml
+
+    text = alias_bomb("abcdefghi")
+    assert len(text.encode()) < 400
+    with pytest.raises(ValidationError) as info:
+        load_yaml(text, "laughs.yaml")
+    assert info.value.where == "laughs.yaml:6" and "aliases" in info.value.message
+
+
+@HANG
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_alias_bomb_workflow_is_exit_3_naming_the_line(tmp_path, capsys, command):
+    text = (
+        "name: bomb\nvariables:\n" + alias_bomb(indent="  ") + "steps:\n  - name: a\n    command: echo ok\n"
+    )
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    assert cli(command, str(path)) == 3
+    line = one_error_line(capsys)
+    assert f"{path}:{bomb_line(text)}: YAML aliases repeat more than" in line
+
+
+@HANG
+def test_alias_bomb_in_every_yaml_opsflow_reads(tmp_path):
+    from flows.files.config import load_batch_config
+    from flows.maintenance.schema import load_expected
+    from flows.workflow.scaffold import read_template
+
+    text = alias_bomb()
+    for name, load in [
+        ("batches.yaml", lambda p: load_batch_config(p, None)),
+        ("schema.yaml", load_expected),
+        ("template.yaml", read_template),
+    ]:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValidationError) as info:
+            load(path)
+        assert info.value.where == f"{path}:{bomb_line(text)}", name
+        assert "aliases repeat" in info.value.message, name
+
+
+def test_an_alias_inside_its_own_anchor_is_refused():
+    from flows.safe_yaml import load_yaml
+
+    with pytest.raises(ValidationError, match="contains it") as info:
+        load_yaml("ok: 1\nloop: &a [1, *a]\n", "loop.yaml")
+    assert info.value.where == "loop.yaml:2"
+
+
+def test_ordinary_aliases_still_load(tmp_path, capsys):
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        "name: anchors\nsteps:\n  - name: a\n    command: echo a\n    retry: &retry {attempts: 3, delay: 1s}\n"
+        "  - name: b\n    command: echo b\n    retry: *retry\n"
+    )
+    assert cli("validate", str(path)) == 0
+    assert "ok  " in capsys.readouterr().out
+
+
+# --- FIFOs, devices and directories given as files -----------------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo.yaml"
+    os.mkfifo(path)
+    return path
+
+
+@HANG
+@pytest.mark.parametrize("command", ["validate", "plan"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_workflow_that_is_not_a_regular_file_is_exit_3(tmp_path, fifo, capsys, command, kind):
+    path = {"fifo": fifo, "device": Path("/dev/null"), "directory": tmp_path}[kind]
+    assert cli(command, str(path)) == 3
+    line = one_error_line(capsys)
+    assert f"{path}: is " in line and "not a regular file" in line
+
+
+@HANG
+def test_every_file_opsflow_reads_refuses_a_fifo(tmp_path, fifo):
+    from flows.files.config import load_batch_config
+    from flows.files.processors import parse_processor
+    from flows.maintenance.migrations import discover
+    from flows.maintenance.schema import load_expected
+    from flows.workflow.scaffold import read_template
+
+    for load in (
+        lambda p: load_batch_config(p, None),
+        load_expected,
+        read_template,
+        lambda p: parse_processor(f"records:{p}"),
+    ):
+        with pytest.raises(ValidationError, match="FIFO"):
+            load(fifo)
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "001_ok.sql").write_text("select 1;\n")
+    os.mkfifo(migrations / "002_pipe.sql")
+    with pytest.raises(ValidationError, match=r"002_pipe\.sql: is a FIFO"):
+        discover(migrations)
+
+
+@HANG
+def test_batch_config_fifo_on_the_command_line_is_one_line(tmp_path, fifo, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    assert cli("files", "run", str(tmp_path / "in"), "--config", str(fifo), "--dry-run") == 3
+    assert "is a FIFO (named pipe), not a regular file" in one_error_line(capsys)
+
+
+def test_unreadable_file_is_still_exit_5(tmp_path, monkeypatch):
+    from flows.user_files import read_user_text
+
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("name: x\n")
+    locked.chmod(0)
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # root reads every file: answer as the OS would anyone else
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(PermissionFailure):
+        read_user_text(locked)
+
+
+def test_files_over_the_size_limit_are_refused(tmp_path):
+    from flows.user_files import MAX_FILE_BYTES, read_user_text
+
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ValidationError, match="larger than 5 MiB"):
+        read_user_text(big)
+
+
+# --- templates that cost too much ---------------------------------------------------------------
+
+EXPENSIVE = [
+    "{{ 'x' * 100000000 }}",
+    "{{ ['x'] * 10000000 }}",
+    "{{ 2 ** 100000000 }}",
+    "{{ '%100000000s' % 'x' }}",
+    "{{ '{:>100000000}'.format('x') }}",
+    "{{ 'x' | center(100000000) }}",
+    "{{ 'ab' | replace('a', 'a' * 1000000) | replace('a', 'a' * 1000) }}",
+    "{{ range(1000) | join('x' * 200000) }}",
+    "{{ ('x' * 1000000) ~ ('x' * 1000000) }}",
+]
+
+
+@pytest.mark.parametrize("source", EXPENSIVE)
+def test_expensive_constant_templates_fail_validate_with_file_and_line(tmp_path, capsys, source):
+    path = tmp_path / "costly.yaml"
+    path.write_text(f'name: costly\nsteps:\n  - name: a\n    command: "echo {source}"\n')
+    assert cli("validate", str(path)) == 3
+    line = one_error_line(capsys)
+    assert f"{path}:4: " in line and ("1,048,576" in line or "16,384 bits" in line)
+
+
+@pytest.mark.parametrize(
+    ("source", "context", "words"),
+    [
+        ("{{ .s * .n }}", {"s": "x", "n": 100_000_000}, "1,048,576"),
+        ("{{ .s | center(.n) }}", {"s": "x", "n": 100_000_000}, "1,048,576"),
+        ("{{ .s.ljust(.n) }}", {"s": "x", "n": 100_000_000}, "1,048,576"),
+        ("{{ .s.replace('x', .s * 1000) }}", {"s": "x" * 1000}, "1,048,576"),
+        ("{{ range .xs }}{{ range $.xs }}{{ end }}{{ end }}", {"xs": list(range(100_000))}, "steps"),
+        ("{{ range .xs }}{{ $.s }}{{ end }}", {"xs": list(range(100_000)), "s": "x" * 100}, "renders more"),
+    ],
+)
+@HANG
+def test_expensive_renders_stop_at_their_bounds(source, context, words):
+    from flows.workflow.template import compile_template
+
+    template = compile_template(source, where="deploy.yaml:7")
+    with pytest.raises(ValidationError) as info:
+        template.render(context)
+    assert info.value.where == "deploy.yaml:7" and words in info.value.message
+
+
+@HANG
+def test_plan_of_a_nested_loop_ends_with_one_line(tmp_path, capsys):
+    path = tmp_path / "loops.yaml"
+    path.write_text(
+        "name: loops\nsteps:\n  - name: a\n    command: >-\n"
+        "      echo {{ range $i := range(100000) }}{{ range $j := range(100000) }}{{ end }}{{ end }}\n"
+    )
+    assert cli("plan", str(path)) == 3
+    assert f"{path}:4: the template takes more than" in one_error_line(capsys)
+
+
+def test_ordinary_templates_render_as_before():
+    from flows.workflow.template import compile_template
+
+    context = {"services": ["api", "worker"], "n": 3, "name": "v1"}
+    assert compile_template("{{ join .services ',' }}").render(context) == "api,worker"
+    assert (
+        compile_template("{{ range $s := .services }}[{{ $s }}]{{ end }}").render(context) == "[api][worker]"
+    )
+    assert (
+        compile_template("{{ '-' * .n }}{{ .name ~ '-x' }}{{ range(2) | list }}").render(context)
+        == "---v1-x0 1"
+    )
+    assert compile_template("{{ '%05d' % .n }} {{ '{:>4}'.format(.name) }}").render(context) == "00003   v1"
+
+
+# --- validate refuses what plan and run refuse --------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wf.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_default_that_does_not_fit_its_type_fails_validate(tmp_path, capsys):
+    path = write(
+        tmp_path,
+        "name: d\nparameters:\n  - name: n\n    type: int\n    default: abc\nsteps:\n  - name: a\n    command: echo {{ .n }}\n",
+    )
+    assert cli("validate", str(path)) == 3
+    assert f"{path}:5: `default`: parameter `n` must be an int, got 'abc'" in one_error_line(capsys)
+    assert cli("plan", str(path), "--set", "n=4") == 3  # the file is wrong whatever the run is given
+    capsys.readouterr()
+
+
+ESCAPES = [
+    "''.__class__.__mro__",
+    "cycler.__init__.__globals__",
+    "lipsum.__globals__",
+    "self",
+    "self._TemplateReference__context",
+    "range.__init__",
+    "'x' | attr('__class__')",
+    "range(3) | map(attribute='__class__') | list",
+    "'{0.__class__}'.format(1)",
+    ".environment['__class__']",
+]
+
+
+@pytest.mark.parametrize("expression", ESCAPES)
+def test_sandbox_escapes_fail_validate(tmp_path, capsys, expression):
+    path = write(tmp_path, f'name: e\nsteps:\n  - name: a\n    command: "echo {{{{ {expression} }}}}"\n')
+    assert cli("validate", str(path)) == 3
+    line = one_error_line(capsys)
+    assert f"{path}:4: " in line
+    assert "sandbox" in line or "not declared" in line  # cycler and lipsum are not offered at all
+
+
+def test_undeclared_names_fail_validate_unless_given_with_set(tmp_path, capsys):
+    path = write(tmp_path, "name: u\nsteps:\n  - name: a\n    command: echo {{ .image_tag }}\n")
+    assert cli("validate", str(path)) == 3
+    assert f"{path}:4: `.image_tag` is not declared" in one_error_line(capsys)
+    assert cli("validate", "--set", "image_tag=v2", str(path)) == 0
+    capsys.readouterr()
+    assert cli("plan", str(path)) == 3  # what validate says is what plan does
+    capsys.readouterr()
+    assert cli("plan", "--set", "image_tag=v2", str(path)) == 0
