@@ -17,13 +17,16 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import SQLAlchemyError
 
+from flows.errors import ConnectionFailure
+from flows.files import interrupted
 from flows.files.discover import InputFile, iter_inputs
 from flows.files.processors import Processor, parse_processor
 from flows.files.report import advance
 from flows.files.work import FileOutcome, attempt, fingerprint, output_exists, output_path
 from flows.records import files as store
-from flows.records.db import session
+from flows.records.db import records_failure, session
 
 MAX_CHUNK = 200
 
@@ -49,6 +52,7 @@ class ChunkResult:
     skipped: int = 0
     processing_time: float = 0.0
     failed: list[tuple[str, str, str, str]] = field(default_factory=list)  # path, root, fingerprint, error
+    lost: str | None = None  # the records database failed: why (the chunk stopped there)
 
 
 @task(name="process-chunk", cache_policy=NO_CACHE, persist_result=False)
@@ -61,13 +65,36 @@ def process_chunk(
     options: str,
     force: bool,
 ) -> ChunkResult:
-    """Process files one after another; commit each result as soon as it exists."""
+    """Process files one after another; commit each result as soon as it exists.
+
+    When the records database fails, the chunk stops and says why in `lost` (no exception:
+    one failure of the database is one line for the batch, not a traceback per chunk)."""
+    result = ChunkResult()
+    try:
+        _process_files(result, job_id, files, processor, output, timeout, options, force)
+    except (ConnectionFailure, SQLAlchemyError) as exc:
+        failure = records_failure(exc)
+        interrupted.stop(job_id, failure.message)
+        result.lost = failure.message
+        result.skipped = 0  # their rows are written at the end of the chunk: none were
+    return result
+
+
+def _process_files(
+    result: ChunkResult,
+    job_id: str,
+    files: list[tuple[str, str]],
+    processor: str,
+    output: str | None,
+    timeout: float | None,
+    options: str,
+    force: bool,
+) -> None:
     logger = get_run_logger()
     proc = processor_for(processor)
     output_dir = Path(output) if output else None
     inputs = [InputFile(Path(p), Path(r)) for p, r in files]
     prints = {}
-    result = ChunkResult()
     for item in inputs:
         try:
             prints[item.path] = fingerprint(item.path, proc.identity, options)
@@ -78,6 +105,8 @@ def process_chunk(
     skipped_rows = []
     with session() as db:
         for item in inputs:
+            if interrupted.stopped(job_id):  # another chunk lost the records database
+                break
             if item.path not in prints:
                 continue
             print_ = prints[item.path]
@@ -99,7 +128,6 @@ def process_chunk(
                 result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
         if skipped_rows:
             store.record_results(db, skipped_rows)
-    return result
 
 
 def iter_chunks(

@@ -12,7 +12,7 @@ import typer
 
 from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
-from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
+from flows.errors import EXIT_CONFIG, EXIT_CONNECTION, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 
 files_app = typer.Typer(
     help="Batch file processing: run, dead-letter queue, history, reports.", no_args_is_help=True
@@ -182,18 +182,28 @@ def run(
             return_state=True,
         )
     value = state.result(raise_on_failure=False)
-    if isinstance(value, OpsflowError):
+    if isinstance(value, OpsflowError):  # its one line is in the run's log already
+        if json_output:
+            console.json({"status": "error", "error": str(value), "exit_code": value.exit_code})
         return value.exit_code
     if not isinstance(value, dict):
         console.error(f"the flow run ended {state.name}: {state.message or value}")
         return 1
     _print_summary(console, value, json_output)
+    if value.get("status") == "interrupted":
+        return EXIT_CONNECTION
     return 1 if value["dead_lettered"] or value.get("failed") else EXIT_OK
 
 
 def _print_summary(console: Console, summary: dict[str, Any], json_output: bool) -> None:
     if json_output:
         console.json(summary)
+        return
+    if summary.get("status") == "interrupted":
+        console.out(
+            f"job {summary['job_id'][:12]}: interrupted — {summary['processed']} of {summary['total']} files "
+            "committed before its records database failed; run the batch again to finish it"
+        )
         return
     console.out(
         f"job {summary['job_id'][:12]}: {summary['total']} files — {summary['processed']} processed, "

@@ -11,6 +11,7 @@ from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import dlq_app, files_app
+from flows.records.liveness import shown_state
 
 
 @files_app.command("history")
@@ -27,7 +28,7 @@ def history(
         Console("files", verbose=verbose, quiet=quiet),
         lambda db: store.list_jobs(db, limit=limit),
         lambda job: (
-            f"{job['id'][:12]}  {job['created_at'][:19]}  {job['status']:<9} {job['total']:>6} files  "
+            f"{job['id'][:12]}  {job['created_at'][:19]}  {job['status']:<11} {job['total']:>6} files  "
             f"{job['processed']} processed, {job['skipped']} unchanged, {job['dead_lettered']} dead-lettered"
         ),
         "no batch jobs yet",
@@ -37,10 +38,12 @@ def history(
 
 def _listing(console: Console, fetch: Any, line: Any, empty: str, json_output: bool) -> int:
     """Rows from the records database as JSON or one line each."""
+    from flows.files import interrupted
     from flows.records.db import session
 
     try:
         with session() as db:
+            interrupted.reconcile(db)
             rows = [_record_dict(row) for row in fetch(db)]
     except OpsflowError as err:
         console.error(str(err))
@@ -67,8 +70,11 @@ def report(
     from flows.records.db import session
 
     console = Console("files", verbose=verbose, quiet=quiet)
+    from flows.files import interrupted
+
     try:
         with session() as db:
+            interrupted.reconcile(db)
             found = store.get_job(db, job)
             if found is None:
                 raise ValidationError(f"no batch job {job!r} (see `files history`)")
@@ -93,7 +99,10 @@ def report(
 
 
 def _record_dict(job: Any) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in job.model_dump().items()}
+    row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in job.model_dump().items()}
+    if "status" in row and "pid" in row:  # a job: one still `running` whose process is gone was killed
+        row["status"] = shown_state(row["status"], row["host"], row["pid"])
+    return row
 
 
 @dlq_app.command("list")

@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -18,8 +19,10 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy.exc import SQLAlchemyError
 
-from flows.errors import OpsflowError, ValidationError
+from flows.errors import ConnectionFailure, OpsflowError, ValidationError
+from flows.files import interrupted
 from flows.files.chunks import (
     ChunkResult,
     chunk_size_for,
@@ -32,7 +35,8 @@ from flows.files.discover import count_inputs
 from flows.files.recover import recover
 from flows.files.report import advance, announce_total, notify_completion, now_iso, write_reports
 from flows.records import files as store
-from flows.records.db import session
+from flows.records.db import records_failure, session
+from flows.records.liveness import this_process
 
 THREADS = 32
 
@@ -66,11 +70,42 @@ def process_files(
 
     `notify` is an apprise URL (e.g. `json://host:port/path`) that receives the summary at the
     end; a receiver that is down only produces a warning."""
+    batch = _Batch(name=name)
     try:
         return _process(**locals())
+    except (ConnectionFailure, SQLAlchemyError) as exc:
+        failure = records_failure(exc)
+        if batch.job_id is not None:
+            return _interrupted(failure, batch, notify)
+        get_run_logger().error(str(failure))
+        return Failed(message=str(failure), data=failure)
     except OpsflowError as err:
         get_run_logger().error(str(err))
         return Failed(message=str(err), data=err)
+    finally:
+        if batch.job_id is not None:
+            interrupted.forget(batch.job_id)
+
+
+@dataclass
+class _Batch:
+    """What the flow knows of its job, for the summary of a batch that lost its database."""
+
+    name: str
+    job_id: str | None = None
+    total: int = 0
+    started: float = 0.0
+    started_at: str = ""
+    counts: dict[str, int] = field(
+        default_factory=lambda: {
+            "processed": 0,
+            "skipped": 0,
+            "retried": 0,
+            "fallback": 0,
+            "dead_lettered": 0,
+        }
+    )
+    timing: dict[str, float] = field(default_factory=lambda: {"processing_time": 0.0})
 
 
 def _process(
@@ -91,6 +126,7 @@ def _process(
     fail_fast: bool,
     deployment: str,
     roots: list[str] | None,
+    batch: _Batch,
 ) -> State:
     logger = get_run_logger()
     fallbacks = list(fallback or [])
@@ -113,6 +149,7 @@ def _process(
         _remove_stale_temporaries(Path(output))
     started = time.monotonic()
     with session() as db:
+        interrupted.reconcile(db)  # jobs this host saw interrupted while the database was away
         job = store.start_job(
             db,
             name=name,
@@ -125,14 +162,15 @@ def _process(
             flow_run_id=str(current_flow_run.id) if current_flow_run.id else None,
             total=total,
             options=json.dumps({"retries": retries, "force": force, "timeout": timeout, "workers": workers}),
+            **this_process(),
         )
         job_id = job.id
     logger.info(f"job {job_id[:8]}: {total} files, chunks of {size}, {workers} worker(s)")
 
-    counts = {"processed": 0, "skipped": 0, "retried": 0, "fallback": 0, "dead_lettered": 0}
-    timing = {"processing_time": 0.0}
-    started_at = now_iso()
+    batch.job_id, batch.total, batch.started, batch.started_at = job_id, total, started, now_iso()
+    counts, timing, started_at = batch.counts, batch.timing, batch.started_at
     failed: list[tuple[str, str, str, str]] = []
+    lost: list[str] = []  # why chunks stopped: the records database failed under them
     pending: set[PrefectFuture] = set()
     if mode == "queue":
         from flows.files.queue import run_on_workers
@@ -157,12 +195,14 @@ def _process(
         if len(pending) >= workers * 2:  # bounded: the file list is streamed, never held whole
             done = next(as_completed(list(pending)))
             pending.discard(done)
-            _absorb(done, counts, failed, timing)
-        if fail_fast and failed:
+            _absorb(done, counts, failed, timing, lost)
+        if (fail_fast and failed) or lost:
             break
         pending.add(process_chunk.submit(job_id, chunk, processor, output, timeout, options, force))
     for done in as_completed(list(pending)):
-        _absorb(done, counts, failed, timing)
+        _absorb(done, counts, failed, timing, lost)
+    if lost:
+        raise ConnectionFailure(lost[0])
 
     if failed and fail_fast:
         counts["dead_lettered"] = 0
@@ -218,10 +258,44 @@ def _remove_stale_temporaries(output: Path) -> None:
             leftover.unlink()
 
 
-def _absorb(future: PrefectFuture, counts: dict[str, int], failed: list, timing: dict[str, float]) -> None:
+def _absorb(
+    future: PrefectFuture, counts: dict[str, int], failed: list, timing: dict[str, float], lost: list[str]
+) -> None:
     future.wait()
     result: ChunkResult = future.result()
     timing["processing_time"] += result.processing_time
     counts["processed"] += result.processed
     counts["skipped"] += result.skipped
     failed.extend(result.failed)
+    if result.lost:
+        lost.append(result.lost)
+
+
+def _interrupted(failure: OpsflowError, batch: _Batch, notify: str | None) -> State:
+    """The batch lost its records database: one error line, the job marked `interrupted` with
+    what was committed (now, or by the next command that reaches the database), and a summary
+    for `--json`; the command exits 4."""
+    job_id = str(batch.job_id)
+    marked = interrupted.record(job_id, failure.message, batch.counts)
+    summary = {
+        "job_id": job_id,
+        "name": batch.name,
+        "status": "interrupted",
+        "error": str(failure),
+        "total": batch.total,
+        **batch.counts,
+        "duration": round(time.monotonic() - batch.started, 3),
+        "processing_time": round(batch.timing["processing_time"], 3),
+        "started_at": batch.started_at,
+        "finished_at": now_iso(),
+    }
+    with contextlib.suppress(OSError):
+        summary["reports"] = str(write_reports(summary))
+    later = "" if marked else "; `files history` records it once the database answers again"
+    get_run_logger().error(
+        f"{failure} — job {job_id[:8]} interrupted after {batch.counts['processed']} of {batch.total} "
+        f"file(s) committed{later}"
+    )
+    if notify:
+        notify_completion(notify, summary, get_run_logger().warning)
+    return Failed(message=f"job {job_id[:8]} interrupted: its records database failed", data=summary)

@@ -36,9 +36,13 @@ def process_chunk_flow(
 ) -> dict[str, int]:
     """One chunk of a queue-mode batch, run by whichever worker takes it. Failed files are
     recorded as `failed`; the batch's own flow retries them and runs the fallbacks."""
+    from flows.files import interrupted
     from flows.files.chunks import process_chunk
 
     result = process_chunk.fn(job_id, files, processor, output, timeout, options, force)
+    interrupted.forget(job_id)  # this worker may take the job's next chunk when the database is back
+    if result.lost:
+        raise ConnectionFailure(result.lost)  # the batch's own run redoes what this chunk did not record
     if result.failed:
         rows = [
             FileOutcome(path, print_, "failed", error=error).record(job_id)

@@ -15,15 +15,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy.exc import SQLAlchemyError
 
 from flows.backoff import backoff_delays
-from flows.errors import OpsflowError
+from flows.errors import ConnectionFailure, OpsflowError
 from flows.files.chunks import options_key, processor_for
 from flows.files.discover import InputFile
 from flows.files.report import advance
 from flows.files.work import FileOutcome, attempt, fingerprint
 from flows.records import files as store
-from flows.records.db import session
+from flows.records.db import records_failure, session
 
 
 class StillFailing(Exception):
@@ -55,8 +56,12 @@ def retry_file(
     )
     if outcome.status != "completed":
         raise StillFailing(outcome.error)
-    with session() as db:
-        store.record_results(db, [outcome.record(job_id)])
+    try:
+        with session() as db:
+            store.record_results(db, [outcome.record(job_id)])
+    except (ConnectionFailure, SQLAlchemyError) as exc:
+        # Not raised: Prefect would retry the file (processing it again) and log a traceback.
+        return {"lost": records_failure(exc).message}
     return {"attempts": outcome.attempts, "duration": outcome.duration}
 
 
@@ -106,6 +111,9 @@ def recover(
             path = futures[future]
             state = future.state
             if state.is_completed():
+                lost = (state.result(raise_on_failure=False) or {}).get("lost")
+                if lost:
+                    raise ConnectionFailure(lost)
                 remaining.pop(path)
                 advance()
                 if index > 0:

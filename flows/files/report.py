@@ -108,12 +108,15 @@ def notify_completion(url: str, summary: dict[str, Any], warn: Callable[[str], N
     """Send the summary through apprise (e.g. `json://host/path`); never raises, never waits
     more than NOTIFY_TIMEOUT. Returns whether the receiver accepted it."""
     status = "completed" if not summary["dead_lettered"] else "completed with failures"
+    kind = "success" if not summary["dead_lettered"] else "warning"
+    if summary.get("status") == "interrupted":
+        status, kind = "interrupted (its records database failed)", "failure"
     return send(
         [url],
         f"opsflow batch {summary['name']} {status}",
         json.dumps(summary, default=str),
         lambda message: warn(message.replace("the run's result", "the batch result")),
-        notify_type="success" if not summary["dead_lettered"] else "warning",
+        notify_type=kind,
     )
 
 

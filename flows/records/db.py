@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import URL, Engine, create_engine, event, func, select
+from sqlalchemy import URL, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, SQLModel
@@ -160,12 +160,28 @@ def create_tables(engine: Engine) -> None:
                 # Take SQLite's write lock before checking what exists, so two creators queue up.
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             SQLModel.metadata.create_all(conn)
+            _add_missing_columns(conn)
             conn.commit()
     except DBAPIError as exc:
         failure = translate_error(exc, engine.url)
         if failure is None:
             raise
         raise failure from exc
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Add the nullable columns a newer opsflow defines to tables an older one created:
+    `create_all` creates missing tables only, and records outlive upgrades."""
+    existing = inspect(conn)
+    for table in SQLModel.metadata.sorted_tables:
+        if not existing.has_table(table.name):
+            continue
+        present = {column["name"] for column in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable or column.primary_key:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
 
 
 def get_engine(url: str | URL | None = None) -> Engine:
@@ -215,6 +231,27 @@ def translate_error(exc: DBAPIError, url: str | URL) -> OpsflowError | None:
         f"cannot reach the records database {redacted(url)}: {detail} — "
         "check OPSFLOW_DATABASE_URL and that the server is running"
     )
+
+
+def records_failure(exc: BaseException, url: str | URL | None = None) -> OpsflowError:
+    """Any failure of the records database as one opsflow error, password hidden: a lost
+    connection is `ConnectionFailure`, and so is any other database error, since either way
+    the records cannot be written (a dropped table, a full disk)."""
+    if isinstance(exc, OpsflowError):
+        return exc
+    target = url if url is not None else database_url()
+    if isinstance(exc, DBAPIError):
+        failure = translate_error(exc, target)
+        if failure is not None:
+            return failure
+        orig = exc.orig
+        detail = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    else:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    password = make_url(target).password
+    if password:
+        detail = detail.replace(str(password), "***")
+    return ConnectionFailure(f"the records database {redacted(target)} failed: {detail}")
 
 
 @contextmanager

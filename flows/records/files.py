@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pydantic
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -98,6 +98,37 @@ def finish_job(
     for name, value in counters.items():
         setattr(job, name, int(value))
     job.status, job.duration, job.completed_at = status, duration, utcnow()
+    session.add(job)
+    session.flush()
+    return job
+
+
+def mark_interrupted(
+    session: Session, job_id: str, error: str, counters: Mapping[str, int] | None = None
+) -> BatchJob | None:
+    """Close a job that stopped because its records database was lost: `interrupted`, with
+    the counters of what was committed (recounted from its results), the error and end time.
+
+    A job that is not `running` any more is left alone; None when there is no such job.
+    """
+    job = session.get(BatchJob, job_id)
+    if job is None or job.status != "running":
+        return job
+    query = (
+        select(FileResult.status, func.count())
+        .where(FileResult.job_id == job_id)
+        .group_by(col(FileResult.status))
+    )
+    committed = {status: int(count) for status, count in session.execute(query)}
+    job.processed = committed.get("completed", 0)
+    job.skipped = committed.get("skipped", 0)
+    job.dead_lettered = committed.get("dead_lettered", 0)
+    for name in ("retried", "fallback"):
+        if counters and name in counters:
+            setattr(job, name, int(counters[name]))
+    now = utcnow()
+    job.status, job.error, job.completed_at = "interrupted", error, now
+    job.duration = round((now - job.started_at).total_seconds(), 3)
     session.add(job)
     session.flush()
     return job

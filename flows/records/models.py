@@ -18,7 +18,9 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 JOB_MODES = ("sequential", "parallel", "queue")
-JOB_STATUSES = ("running", "completed", "failed", "crashed")
+# `interrupted`: the batch lost its records database and stopped; the counters are what was
+# committed before. A `running` job whose process is gone is shown as `killed` (liveness.py).
+JOB_STATUSES = ("running", "completed", "failed", "crashed", "interrupted")
 RESULT_STATUSES = ("completed", "skipped", "failed", "dead_lettered")
 JOB_COUNTERS = ("total", "processed", "skipped", "retried", "fallback", "dead_lettered")
 
@@ -83,6 +85,9 @@ class BatchJob(SQLModel, table=True):
     dead_lettered: int = 0
     duration: float | None = None
     options: str = Field(default="{}", sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)  # why an interrupted job stopped
+    host: str | None = None  # of the process running the job, to tell a killed one
+    pid: int | None = None
 
     def fallback_list(self) -> list[str]:
         return json.loads(self.fallbacks)

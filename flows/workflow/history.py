@@ -8,8 +8,6 @@ steps instead of running them again.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +17,7 @@ import typer
 from flows.cli_options import Json, Quiet, Verbose, duration_option
 from flows.console import Console
 from flows.errors import EXIT_OK, OpsflowError, ValidationError
+from flows.records import liveness
 from flows.workflow.units import format_duration
 
 RunId = Annotated[str, typer.Argument(help="Run id (or a unique prefix of it), as `history` shows.")]
@@ -49,9 +48,7 @@ def _row(run: Any) -> dict[str, Any]:
 
 def shown_state(run: Any) -> str:
     """A run recorded as running whose process is gone on this host was killed."""
-    if run.state == "running" and run.host == socket.gethostname() and not _alive(run.pid):
-        return "killed"
-    return run.state
+    return liveness.shown_state(run.state, run.host, run.pid)
 
 
 def _find(db: Any, run_id: str) -> Any:
@@ -185,7 +182,7 @@ def resume_arguments(
             f"run {run.id} was already resumed as {newest.id} ({shown_state(newest)}): "
             f"resume that one instead (or pass --force)"
         )
-    if run.state == "running" and run.host == socket.gethostname() and _alive(run.pid):
+    if liveness.owner_alive(run.state, run.host, run.pid):
         raise ValidationError(f"run {run.id} is still running (process {run.pid}) — wait for it or stop it")
     path = Path(run.path)
     if not path.is_file():
@@ -212,18 +209,6 @@ def resume_arguments(
         "timeout": options.get("timeout"),
         "resume_from": run.id,
     }
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resume(

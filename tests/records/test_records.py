@@ -368,3 +368,24 @@ def test_list_and_resolve_dead_letters(db_url):
         assert files.get_dead_letter(s, items[0].id) is None
         assert [d.input_path for d in files.list_dead_letters(s)] == ["in/1.csv", "in/2.csv"]
         assert s.exec(select(FileResult)).all() == []
+
+
+def test_records_created_by_an_older_opsflow_get_the_new_columns(db_url):
+    # A database from before jobs recorded their process: the columns come back, data kept.
+    db.get_engine(db_url)
+    engine = db.make_engine(db_url)
+    with engine.begin() as conn:
+        for column in ("host", "pid", "error"):
+            conn.execute(text(f"ALTER TABLE processing_jobs DROP COLUMN {column}"))
+        conn.execute(text("INSERT INTO processing_jobs (id, name, processor, fallbacks, inputs, mode, status, "
+                          "created_at, started_at, total, processed, skipped, retried, fallback, dead_lettered, "
+                          "options) VALUES ('old', 'files', 'cp', '[]', '[]', 'sequential', 'completed', "
+                          "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1, 1, 0, 0, 0, 0, '{}')"))  # fmt: skip
+    engine.dispose()
+    db.dispose_engines()
+    job = new_job(db_url, host="here", pid=42)
+    with db.session(db_url) as s:
+        assert s.get(BatchJob, job.id).pid == 42 and s.get(BatchJob, "old").host is None
+    assert {"host", "pid", "error"} <= {
+        c["name"] for c in inspect(db.get_engine(db_url)).get_columns("processing_jobs")
+    }
