@@ -141,7 +141,6 @@ def test_permission_denied_is_exit_5(tmp_path, monkeypatch):
     locked.write_text("name: x\nsteps: []\n")
     locked.chmod(0)
     if os.geteuid() == 0:  # root reads every file: make the OS answer as it would to anyone else
-
         real_open = os.open
 
         def refuse(path, *args, **kwargs):
