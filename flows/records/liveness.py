@@ -12,6 +12,8 @@ import os
 import socket
 from typing import Any
 
+from flows.records import locks
+
 
 def this_process() -> dict[str, Any]:
     """The `host` and `pid` to record with a run started by this process."""
@@ -20,16 +22,10 @@ def this_process() -> dict[str, Any]:
 
 def process_alive(pid: int | None) -> bool:
     """Whether `pid` is a live process on this host (this very process counts as gone: a
-    record it reads about itself is one it is not running)."""
+    record it reads about itself is one it is not running; a zombie counts as gone too)."""
     if not pid or pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    return locks.process_alive(pid, None)
 
 
 def shown_state(state: str, host: str | None, pid: int | None) -> str:
