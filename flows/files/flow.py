@@ -192,7 +192,9 @@ def _process(
         timing["processing_time"] += processing
         advance(counts["processed"] + counts["skipped"])
     for chunk in iter_chunks(inputs, size, roots, exclude) if mode != "queue" else ():
-        if len(pending) >= workers * 2:  # bounded: the file list is streamed, never held whole
+        # At most `workers` chunks in flight: every submitted chunk runs at once (the task
+        # runner has THREADS), so more would be more workers; the file list is streamed.
+        if len(pending) >= workers:
             done = next(as_completed(list(pending)))
             pending.discard(done)
             _absorb(done, counts, failed, timing, lost)
