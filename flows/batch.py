@@ -144,6 +144,7 @@ def validate(
 
 def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int | None, workflow_id: str):
     """Load, analyse, bind and plan: everything before Prefect, so bad input fails fast."""
+    from flows.masking import Masker
     from flows.settings import get_settings
     from flows.workflow.check import analyse
     from flows.workflow.load import load_workflow
@@ -163,7 +164,18 @@ def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int 
     )
     bound.warnings[:0] = analysis.warnings
     plan = plan_workflow(loaded, analysis.graph, bound, parallel=parallel or settings.parallel)
-    return loaded, values, plan, settings
+    return loaded, values, plan, settings, Masker.for_parameters(bound.parameters, bound.is_secret)
+
+
+def _print_plan(console: Console, plan, mask, *, json_output: bool, dry_run: bool = False) -> None:
+    """The plan with secret values masked (commands are shown rendered)."""
+    from flows.masking import mask_data
+    from flows.workflow.show import plan_text
+
+    if json_output:
+        console.json(mask_data(plan.to_dict() | ({"dry_run": True} if dry_run else {}), mask))
+    else:
+        console.out(mask(plan_text(plan, dry_run=dry_run)))
 
 
 @app.command()
@@ -179,12 +191,10 @@ def plan(
     """Show what a run would do: order, groups, limits, rendered commands, skips, hooks."""
     console = Console(verbose=verbose, quiet=quiet)
     try:
-        _, _, the_plan, _ = _prepare(file, sets, env, parallel, "<workflow_id>")
+        _, _, the_plan, _, mask = _prepare(file, sets, env, parallel, "<workflow_id>")
     except OpsflowError as err:
         return _fail(console, err)
-    from flows.workflow.show import plan_text
-
-    console.json(the_plan.to_dict()) if json_output else console.out(plan_text(the_plan))
+    _print_plan(console, the_plan, mask, json_output=json_output)
     return EXIT_OK
 
 
@@ -217,18 +227,14 @@ def run(
     console = Console(verbose=verbose, quiet=quiet)
     try:
         duration_option(timeout, "--timeout")
-        loaded, values, the_plan, settings = _prepare(
+        loaded, values, the_plan, settings, mask = _prepare(
             file, sets, env, parallel, f"dry-run-{uuid.uuid4().hex[:8]}"
         )
     except OpsflowError as err:
         return _fail(console, err)
     console.name = loaded.spec.name
     if dry_run:
-        from flows.workflow.show import plan_text
-
-        console.json(the_plan.to_dict() | {"dry_run": True}) if json_output else console.out(
-            plan_text(the_plan, dry_run=True)
-        )
+        _print_plan(console, the_plan, mask, json_output=json_output, dry_run=True)
         return EXIT_DRY_RUN
     try:
         from flows.local_server import ensure_api
@@ -237,13 +243,14 @@ def run(
     except OpsflowError as err:
         return _fail(console, err)
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from flows.workflow.params import for_flow
     from flows.workflow.terminal import run_and_summarise
 
     return run_and_summarise(
         console,
         plan=the_plan,
         path=str(file.resolve()),
-        parameters=values,
+        parameters=for_flow(loaded, values),
         environment=env,
         parallel=parallel or settings.parallel,
         continue_on_error=continue_on_error,
@@ -282,8 +289,9 @@ def list_workflows(
             {
                 "name": p.name,
                 "type": p.kind,
-                "default": p.default,
+                "default": _shown_default(p),
                 "required": p.required,
+                "secret": p.is_secret,
                 "description": p.description,
             }
             for p in spec.parameters
@@ -308,12 +316,23 @@ def list_workflows(
         for p in entry["parameters"]:
             default = "" if p["default"] is None else f" = {json.dumps(p['default'])}"
             need = " (required)" if p["required"] else ""
+            need += " (secret)" if p["secret"] else ""
             console.out(
                 f"    --set {p['name']}: {p['type']}{default}{need}  {p['description'] or ''}".rstrip()
             )
     if not entries:
         console.out(f"no workflow files in {folder}")
     return EXIT_OK
+
+
+def _shown_default(param) -> object:
+    """A parameter's default as `list` shows it: a secret's only when it is a reference."""
+    from flows.secrets import MASKED
+    from flows.secrets import reference as is_reference
+
+    if param.is_secret and param.default not in (None, "") and not is_reference(param.default):
+        return MASKED
+    return param.default
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Notifications through apprise: channel names → URLs, sent with short timeouts, never fatal.
 
-A channel (`slack`, `email`, `oncall` ...) is configured by name:
+A channel (`slack`, `email`, `oncall` ...) is configured by name, so a URL and its credentials
+never need to be a flow run's parameter:
 - `OPSFLOW_NOTIFY_<CHANNEL>`: one or more apprise URLs separated by spaces or commas
   (`json://hooks.internal/ops`, `mailto://user:pass@smtp.internal?to=ops@x`), or
 - inside a flow run, the `opsflow-notification-channels` block named `default`
@@ -15,6 +16,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 NOTIFY_TIMEOUT = 5.0
 BLOCK_NAME = "default"
@@ -43,6 +45,19 @@ def channel_urls(channel: str) -> list[str]:
     if urls:
         return urls
     return _block_urls().get(channel, [])
+
+
+def target_urls(target: Any) -> list[str]:
+    """What a `notify` option names: an apprise URL (also as a SecretStr), a reference to one
+    (`env:NAME`, `block:NAME`: URLs separated by spaces or commas), or a channel name."""
+    from flows.secrets import reference, resolve_reference, reveal
+
+    value = str(reveal(target)).strip()
+    if reference(value):
+        value = resolve_reference(value, "notify") or ""
+    elif "://" not in value:
+        return channel_urls(value)
+    return [u for u in re.split(r"[\s,]+", value) if u]
 
 
 def _block_urls() -> dict[str, list[str]]:

@@ -87,15 +87,27 @@ def next_from_cron(cron: str, timezone: str, after: datetime | None = None) -> d
 
 def validate_workflow(file: Path, sets: list[str] | None, env: str | None):
     """Load, analyse and bind as `run` does; returns the workflow's name and the raw --set values."""
+    from flows.secrets import REFERENCE_HINT, plain_secrets
     from flows.workflow.check import analyse
     from flows.workflow.load import load_workflow
-    from flows.workflow.params import bind, parse_sets
+    from flows.workflow.params import bind, parse_sets, secret_names
 
     loaded = load_workflow(file)
     values = parse_sets(sets or [])
     analyse(loaded, values)
+    clear = plain_secrets(values, secret_names(loaded, values).__contains__)
+    if clear:
+        raise ValidationError(
+            f"secret parameter(s) {', '.join(clear)} would be stored in clear in the deployment's parameters "
+            f"— pass {REFERENCE_HINT}, resolved when each run starts"
+        )
     bind(
-        loaded, values, environment=env, default_environment=FLOW_DEFAULT_ENVIRONMENT, workflow_id="scheduled"
+        loaded,
+        values,
+        environment=env,
+        default_environment=FLOW_DEFAULT_ENVIRONMENT,
+        workflow_id="scheduled",
+        resolve=(),  # references are resolved on the worker, when each run starts
     )
     return loaded.spec.name, values
 

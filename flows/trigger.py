@@ -1,7 +1,8 @@
 """`opsflow trigger DEPLOYMENT`: start a deployment run (e.g. from CI), follow it, exit by its state.
 
 Exit codes (flows/errors.py): 0 Completed; 1 Failed, Crashed, Cancelled or --timeout reached;
-3 unknown deployment, bad --param or a parameter the flow does not take; 4 Prefect API not
+3 unknown deployment, bad --param, a parameter the flow does not take or a secret given in clear
+(`refuse_clear_secrets`); 4 Prefect API not
 reachable; 5 the API refused the request. The pure parts come first and import no Prefect; the
 client part does what `prefect deployment run --watch` does (same parameter check, same
 `create_flow_run_from_deployment`), but polls the run so progress lines are opsflow's.
@@ -58,6 +59,58 @@ def parse_params(items: list[str], schema: dict[str, Any] | None = None) -> dict
         takes = ", ".join(sorted(props)) or "no parameters"
         raise ValidationError(f"the deployment has no parameter {', '.join(unknown)} (it takes: {takes})")
     return params
+
+
+def refuse_clear_secrets(
+    flow_name: str, schema: dict[str, Any], params: dict[str, Any], defaults: dict
+) -> None:
+    """Secrets in clear are refused before the run exists: the Prefect API would keep them in the
+    run's parameters, readable in the UI. A secret is a parameter typed SecretStr, named like one
+    (`api_token`), a workflow's secret parameter (`run-workflow`), or a URL with a password;
+    references (`env:NAME`, `block:NAME`) are what to give instead. A parameter that takes a
+    name or a secret (`notify`: a channel or a URL) refuses only URLs."""
+    from flows.secrets import REFERENCE_HINT, clear_secret_paths, is_secret_name, reference
+
+    typed, or_name = set(), set()
+    for key, prop in (schema.get("properties") or {}).items():
+        kinds = [prop, *prop.get("anyOf", [])]
+        if any(k.get("format") == "password" for k in kinds):
+            plain = any(k.get("type") == "string" and k.get("format") != "password" for k in kinds)
+            (or_name if plain else typed).add(key)
+    workflow = _workflow_secrets(params, defaults) if flow_name == "run-workflow" else frozenset()
+    found = clear_secret_paths(
+        {k: v for k, v in params.items() if k not in or_name},
+        lambda name: name in typed or name in workflow or is_secret_name(name),
+    )
+    found += [
+        k
+        for k in or_name
+        if isinstance(params.get(k), str) and "://" in params[k] and not reference(params[k])
+    ]
+    if found:
+        raise ValidationError(
+            f"--param {', '.join(sorted(found))}: a secret in clear would be kept by the Prefect API in the "
+            f"run's parameters — pass {REFERENCE_HINT}, or set it in the worker's environment"
+        )
+
+
+def _workflow_secrets(params: dict[str, Any], defaults: dict[str, Any]) -> frozenset[str]:
+    """The secret parameters of the workflow file the run will run, if it can be read here."""
+    from pathlib import Path
+
+    from flows.workflow.load import load_workflow
+    from flows.workflow.params import secret_names
+
+    path = params.get("path") or defaults.get("path")
+    values = params.get("parameters") if isinstance(params.get("parameters"), dict) else {}
+    if not isinstance(path, str):
+        return frozenset()
+    for candidate in (Path(path), Path(__file__).resolve().parent.parent / path):
+        try:
+            return secret_names(load_workflow(candidate), values)
+        except OpsflowError:
+            continue
+    return frozenset()
 
 
 def _text_only(prop: dict[str, Any]) -> bool:
@@ -120,6 +173,9 @@ async def _trigger(console, name, items, wait, limit, cancel_on_timeout, logs) -
         async with get_client() as client:
             dep, dep_name = await find_deployment(client, name, api)
             params = parse_params(items, dep.parameter_openapi_schema or {})
+            refuse_clear_secrets(
+                dep_name.split("/")[0], dep.parameter_openapi_schema or {}, params, dep.parameters or {}
+            )
             run = await client.create_flow_run_from_deployment(dep.id, parameters=params)
             console.name, url = run.name, url_for(run)
             console.info(f"created flow run {run.name!r} ({run.id}) of {dep_name}: {url}")

@@ -76,7 +76,11 @@ def run(
         int | None, typer.Option(help="Files per task (default: chosen from the batch size).", min=1)
     ] = None,
     notify: Annotated[
-        str | None, typer.Option(help="apprise URL told the result at the end, e.g. json://host:8080/hook.")
+        str | None,
+        typer.Option(
+            help="Told the result at the end: an apprise URL (json://host:8080/hook), a channel name "
+            "(OPSFLOW_NOTIFY_<NAME>) or a reference to a URL (env:NAME, block:NAME)."
+        ),
     ] = None,
     name: Annotated[str, typer.Option(help="A label for the job in history, metrics and the UI.")] = "files",
     deployment: Annotated[
@@ -103,6 +107,7 @@ def run(
     console = Console("files", verbose=verbose, quiet=quiet)
     try:
         from flows.files.processors import parse_processor
+        from flows.secrets import scrub_text
 
         if config is not None:
             # Options given on the command line win; the file fills in the rest.
@@ -138,6 +143,12 @@ def run(
             and ":" not in processor.split()[0]
         ):
             console.warning("--output is given but the processor template does not use {output}")
+        for what, spec in [("--processor", processor)] + [("--fallback", f) for f in fallbacks]:
+            if scrub_text(spec) != spec:
+                raise ValidationError(
+                    f"{what} has a password inside a URL, which the flow run's parameters would keep: "
+                    "let the command read it from an environment variable"
+                )
         if dry_run:
             return _dry_run(console, inputs, processor, fallbacks, output, force, json_output, root)
     except OpsflowError as err:
@@ -158,6 +169,8 @@ def run(
         console.error(str(err))
         return err.exit_code
     _configure_prefect_logging(verbose=verbose, quiet=quiet)
+    from pydantic import SecretStr
+
     from flows.files.flow import process_files
     from flows.terminal_runs import terminal_run
 
@@ -174,7 +187,7 @@ def run(
             force=force,
             timeout=timeout or None,
             chunk_size=chunk_size,
-            notify=notify,
+            notify=SecretStr(notify) if notify and "://" in notify else notify,  # stored obscured
             name=name,
             fail_fast=fail_fast,
             deployment=deployment,

@@ -19,6 +19,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from flows.errors import ConnectionFailure, OpsflowError, ValidationError
@@ -34,9 +35,12 @@ from flows.files.chunks import (
 from flows.files.discover import count_inputs
 from flows.files.recover import recover
 from flows.files.report import advance, announce_total, notify_completion, now_iso, write_reports
+from flows.masking import Masker, environment_secrets, masked_error, masking
+from flows.notify import target_urls
 from flows.records import files as store
 from flows.records.db import records_failure, session
 from flows.records.liveness import this_process
+from flows.secrets import refuse_plain_secrets, scrub_text
 
 THREADS = 32
 
@@ -61,30 +65,56 @@ def process_files(
     timeout: float | None = 300.0,
     chunk_size: int | None = None,
     name: str = "files",
-    notify: str | None = None,
+    notify: SecretStr | str | None = None,
     fail_fast: bool = False,
     deployment: str = "files-chunk/files-chunk",
     roots: list[str] | None = None,
 ) -> State:
     """Process every file of `inputs` with `processor` (see `python -m flows.batch files run --help`).
 
-    `notify` is an apprise URL (e.g. `json://host:port/path`) that receives the summary at the
-    end; a receiver that is down only produces a warning."""
-    batch = _Batch(name=name)
-    try:
-        return _process(**locals())
-    except (ConnectionFailure, SQLAlchemyError) as exc:
-        failure = records_failure(exc)
-        if batch.job_id is not None:
-            return _interrupted(failure, batch, notify)
-        get_run_logger().error(str(failure))
-        return Failed(message=str(failure), data=failure)
-    except OpsflowError as err:
-        get_run_logger().error(str(err))
-        return Failed(message=str(err), data=err)
-    finally:
-        if batch.job_id is not None:
-            interrupted.forget(batch.job_id)
+    `notify` receives the summary at the end (a receiver that is down only produces a warning):
+    a channel name (`OPSFLOW_NOTIFY_<NAME>`, or the notification channels block), a reference
+    (`env:NAME`, `block:NAME`) to an apprise URL, or the URL itself as a SecretStr, which
+    Prefect stores obscured (`files run --notify URL` passes it so). A URL in clear is refused:
+    the Prefect API would keep its credentials."""
+    arguments = dict(locals())
+    batch = arguments["batch"] = _Batch(name=name)
+    with masking(Masker(environment_secrets())) as mask:
+        try:
+            _refuse_plain_credentials(notify, processor, fallback or [])
+            urls = arguments["notify"] = target_urls(notify) if notify else []
+            mask.add(urls)
+            if notify and not urls:
+                get_run_logger().warning(
+                    f"notification channel {notify!r} has no URL: set OPSFLOW_NOTIFY_<NAME> or the channels block"
+                )
+            return _process(**arguments)
+        except (ConnectionFailure, SQLAlchemyError) as exc:
+            failure = masked_error(records_failure(exc), mask)
+            if batch.job_id is not None:
+                return _interrupted(failure, batch, arguments["notify"])
+            get_run_logger().error(str(failure))
+            return Failed(message=str(failure), data=failure)
+        except OpsflowError as err:
+            err = masked_error(err, mask)
+            get_run_logger().error(str(err))
+            return Failed(message=str(err), data=err)
+        finally:
+            if batch.job_id is not None:
+                interrupted.forget(batch.job_id)
+
+
+def _refuse_plain_credentials(notify: str | SecretStr | None, processor: str, fallbacks: list[str]) -> None:
+    """Credentials that reached the flow run's parameters in clear: removed from the stored run,
+    and the batch refused (a processor reads its credentials from its environment instead)."""
+    plain = []
+    if isinstance(notify, str) and "://" in notify:
+        plain.append("notify")
+    if scrub_text(processor) != processor:
+        plain.append("processor")
+    if any(scrub_text(f) != f for f in fallbacks):
+        plain.append("fallback")
+    refuse_plain_secrets(plain, where="")
 
 
 @dataclass
@@ -122,7 +152,7 @@ def _process(
     timeout: float | None,
     chunk_size: int | None,
     name: str,
-    notify: str | None,
+    notify: list[str],
     fail_fast: bool,
     deployment: str,
     roots: list[str] | None,
@@ -273,7 +303,7 @@ def _absorb(
         lost.append(result.lost)
 
 
-def _interrupted(failure: OpsflowError, batch: _Batch, notify: str | None) -> State:
+def _interrupted(failure: OpsflowError, batch: _Batch, notify: list[str]) -> State:
     """The batch lost its records database: one error line, the job marked `interrupted` with
     what was committed (now, or by the next command that reaches the database), and a summary
     for `--json`; the command exits 4."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flows.errors import OpsflowError, ValidationError
+from flows.masking import mask
 from flows.shellquote import ARITH, Hole, Shape, Slot, UnsafeValue, analyse, check_value, quote_text
 from flows.user_files import open_regular, read_user_text
 from flows.workflow.shell import run_command
@@ -37,7 +38,8 @@ class ProcessingFailed(Exception):
     """One attempt at one file failed; the message says why in one line."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split())[:MAX_ERROR_CHARS])
+        # It often quotes the processor's stderr: the batch's secrets come out before it is kept.
+        super().__init__(mask(" ".join(message.split()))[:MAX_ERROR_CHARS])
 
 
 class Processor(Protocol):

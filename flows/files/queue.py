@@ -36,6 +36,21 @@ def process_chunk_flow(
 ) -> dict[str, int]:
     """One chunk of a queue-mode batch, run by whichever worker takes it. Failed files are
     recorded as `failed`; the batch's own flow retries them and runs the fallbacks."""
+    from flows.masking import Masker, environment_secrets, masking
+
+    with masking(Masker(environment_secrets())):  # the worker's secrets out of its errors and logs
+        return _chunk(job_id, files, processor, output, timeout, options, force)
+
+
+def _chunk(
+    job_id: str,
+    files: list[tuple[str, str]],
+    processor: str,
+    output: str | None,
+    timeout: float | None,
+    options: str,
+    force: bool,
+) -> dict[str, int]:
     from flows.files import interrupted
     from flows.files.chunks import process_chunk
 

@@ -104,15 +104,15 @@ def write_reports(summary: dict[str, Any]) -> Path:
     return folder
 
 
-def notify_completion(url: str, summary: dict[str, Any], warn: Callable[[str], None]) -> bool:
+def notify_completion(urls: list[str], summary: dict[str, Any], warn: Callable[[str], None]) -> bool:
     """Send the summary through apprise (e.g. `json://host/path`); never raises, never waits
-    more than NOTIFY_TIMEOUT. Returns whether the receiver accepted it."""
+    more than NOTIFY_TIMEOUT per URL. Returns whether every receiver accepted it."""
     status = "completed" if not summary["dead_lettered"] else "completed with failures"
     kind = "success" if not summary["dead_lettered"] else "warning"
     if summary.get("status") == "interrupted":
         status, kind = "interrupted (its records database failed)", "failure"
     return send(
-        [url],
+        urls,
         f"opsflow batch {summary['name']} {status}",
         json.dumps(summary, default=str),
         lambda message: warn(message.replace("the run's result", "the batch result")),

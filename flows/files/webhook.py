@@ -29,6 +29,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from flows.secrets import reveal
 
 MAX_BODY = 1024 * 1024
 MAX_DOWNLOAD = 100 * 1024 * 1024
@@ -140,8 +143,14 @@ def post_callback(url: str, payload: dict[str, Any]) -> int:
     """POST the result to the event's callback_url; Prefect retries it."""
     import httpx
 
-    response = httpx.post(url, json=payload, timeout=CALLBACK_TIMEOUT)
-    response.raise_for_status()
+    try:
+        response = httpx.post(url, json=payload, timeout=CALLBACK_TIMEOUT)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        # httpx's message quotes the URL, token included, and it would become the task run's
+        # state message in the Prefect API: say what failed without it.
+        status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+        raise RuntimeError(f"callback to {urllib.parse.urlsplit(url).hostname} failed: {status}") from None
     return response.status_code
 
 
@@ -150,12 +159,31 @@ def handle_event(
     event_id: str,
     kind: str,
     inputs: list[str],
+    source_url: SecretStr | None,
+    callback_url: SecretStr | None,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """One accepted event: (download,) run the batch, then tell the callback URL.
+
+    The URLs are SecretStr (stored obscured in the flow run's parameters): a callback or a
+    presigned download URL often carries a token."""
+    from flows.masking import Masker, environment_secrets, masking
+
+    urls = [str(reveal(u)) for u in (source_url, callback_url) if u is not None]
+    with masking(Masker([*urls, *environment_secrets()])):
+        return _handle(event_id, kind, inputs, reveal(source_url), reveal(callback_url), config)
+
+
+def _handle(
+    event_id: str,
+    kind: str,
+    inputs: list[str],
     source_url: str | None,
     callback_url: str | None,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    """One accepted event: (download,) run the batch, then tell the callback URL."""
     from flows.files.flow import process_files
+    from flows.masking import mask
 
     logger = get_run_logger()
     intake = IntakeConfig(
@@ -187,7 +215,7 @@ def handle_event(
             result = state.result(raise_on_failure=False)
             status = "completed" if state.is_completed() else "failed"
     except Exception as exc:  # the callback must hear about it either way
-        status, result = "failed", {"error": str(exc)}
+        status, result = "failed", {"error": mask(str(exc))}
     payload = {
         "id": event_id,
         "status": status,
@@ -197,8 +225,12 @@ def handle_event(
     if callback_url:
         state = post_callback(callback_url, payload, return_state=True)
         if not state.is_completed():
-            logger.warning(f"callback to {urllib.parse.urlsplit(callback_url).netloc} failed after retries")
+            logger.warning(f"callback to {urllib.parse.urlsplit(callback_url).hostname} failed after retries")
     return payload
+
+
+def _secret(url: Any) -> SecretStr | None:
+    return SecretStr(url) if isinstance(url, str) else None
 
 
 def make_server(config: IntakeConfig, host: str, port: int) -> ThreadingHTTPServer:
@@ -227,8 +259,8 @@ def make_server(config: IntakeConfig, host: str, port: int) -> ThreadingHTTPServ
                 "event_id": accepted["id"],
                 "kind": accepted["kind"],
                 "inputs": accepted["inputs"],
-                "source_url": event.get("source_url"),
-                "callback_url": event.get("callback_url"),
+                "source_url": _secret(event.get("source_url")),
+                "callback_url": _secret(event.get("callback_url")),
                 "config": {
                     "roots": [str(r) for r in config.roots],
                     "processor": config.processor,

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from flows.errors import ConnectionFailure, ValidationError
-from flows.maintenance.record import scrub_text
+from flows.secrets import scrub_text
 
 KINDS = ("postgres", "redis", "disk", "prefect", "http")
 UP, DEGRADED, DOWN, SKIPPED = "up", "degraded", "down", "skipped"

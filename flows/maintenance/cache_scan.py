@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flows.errors import ConnectionFailure, OpsflowError, PermissionFailure, ValidationError
-from flows.maintenance.record import scrub_text
+from flows.secrets import scrub_text
 
 NO_PREFIX = "(no prefix)"
 MAX_BATCH = 10_000

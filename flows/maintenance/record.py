@@ -18,15 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import SecretStr
-
 from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_OK, OpsflowError
-
-# The scheme is bounded (no scheme is 32 characters long): an open `[a-z][a-z0-9+.-]*` rescans a
-# long word from each of its letters, and one 20 kB line of a step's output took seconds.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]{0,31}://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<at>@)", re.I)
-MASKED = "**********"  # what records, logs and artifacts show instead of a secret
-_SECRET_NAMES = re.compile(r"password|secret|token|api_?key|credential", re.I)
+from flows.secrets import safe_parameters, scrub_text
 
 
 @dataclass
@@ -71,32 +64,6 @@ class _QuietExpectedFailures(logging.Filter):
 
 for _name in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_name).addFilter(_QuietExpectedFailures())
-
-
-def scrub_text(text: str) -> str:
-    """`text` with passwords inside URLs replaced by ***."""
-    if "://" not in text:
-        return text
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
-
-
-def safe_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Parameters as they may be recorded: secrets masked, URL passwords removed."""
-    safe: dict[str, Any] = {}
-    for key, value in parameters.items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            safe[key] = scrub_text(value.get_secret_value()) if key.endswith("_url") else MASKED
-        elif _SECRET_NAMES.search(key):
-            safe[key] = MASKED
-        elif isinstance(value, str):
-            safe[key] = scrub_text(value)
-        elif isinstance(value, list | tuple):
-            safe[key] = [scrub_text(v) if isinstance(v, str) else v for v in value]
-        else:
-            safe[key] = value if isinstance(value, int | float | bool) else str(value)
-    return safe
 
 
 def _flow_run_id() -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.errors import ValidationError
+from flows.secrets import reference, reveal
 from flows.shellquote import ARITH, UNQUOTED
 from flows.workflow.conditions import check_health_marks, check_rollback
 from flows.workflow.graph import Graph, build_graph
@@ -50,17 +51,19 @@ def analyse(loaded: LoadedWorkflow, sets: Mapping[str, Any] | None = None) -> An
 
 
 def _check_parameters(loaded: LoadedWorkflow, sets: Mapping[str, Any]) -> None:
-    """What binding would refuse of a default or a given value, refused now with its line."""
+    """What binding would refuse of a default or a given value, refused now with its line. A
+    secret given as a reference (`env:NAME`, `block:NAME`) is checked once resolved, by `bind`."""
     for index, param in enumerate(loaded.spec.parameters):
-        if param.default is not None:
+        if param.default is not None and not (param.is_secret and reference(param.default)):
             try:
                 check(param, coerce(param, param.default))
             except ValidationError as err:
                 raise ValidationError(
                     f"`default`: {err.message}", where=loaded.where(("parameters", index, "default"))
                 ) from None
-        if param.name in sets:
-            check(param, coerce(param, sets[param.name]))
+        value = reveal(sets.get(param.name))
+        if param.name in sets and not (param.is_secret and reference(value)):
+            check(param, coerce(param, value))
 
 
 def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import State
 
 from flows.errors import OpsflowError
-from flows.maintenance.record import scrub_text
+from flows.masking import Masker
 from flows.workflow import breaker
 from flows.workflow import plan as planning
 from flows.workflow.dispatch import Dispatcher, Outcome, reservation_of
@@ -72,7 +71,7 @@ class WorkflowRun:
         self.awaiting_approval: list[str] = []  # started by the dispatcher, waiting for a decision
         self.notifier = notifier  # the run's: requires_approval goes where started/failed go
         self.recorder = Recorder(summary.workflow_id, self.logger, enabled=False)  # run.py sets the real one
-        self.mask: Callable[[str], str] = scrub_text  # run.py adds the secret parameters (masking.py)
+        self.mask: Masker = Masker()  # run.py's, with the run's secrets (flows/masking.py)
         self.pool = SharedPool.of(loaded.spec.resource_limits)  # limits shared with other runs
 
     # -- one step --------------------------------------------------------------------------
@@ -119,6 +118,7 @@ class WorkflowRun:
             "timeout": timeout,
             "env": {**self.env, "OPSFLOW_STEP": step_id},
             "mask": self.mask,
+            "secret_stdout": step.capture_output if step.captures_secret else None,
             "before_retry": (lambda: self.run_hooks(on_retry, f"{step_id}.on_retry")) if on_retry else None,
             # hooks (rollback, on_failure...) get their own time even after the run's deadline
             "deadline": self.deadline if node is not None else None,
@@ -139,14 +139,17 @@ class WorkflowRun:
                 step_id, kind, section, value.attempt, value.duration, value.exit_code, str(value)
             )
         else:
-            outcome = StepOutcome(step_id, "Failed", section, 1, 0.0, None, str(value)[:300])
+            outcome = StepOutcome(step_id, "Failed", section, 1, 0.0, None, self.mask(str(value))[:300])
         self.recorder.settled(outcome, self, value)
         return self.summary.add(outcome)
 
     def capture(self, step: Step, state: State, outcome: StepOutcome) -> None:
         if step.capture_output is not None and outcome.state == "Completed":
+            value = state.result()["stdout"].strip()
+            if step.captures_secret:
+                self.mask.add([value])  # masked in every later line, like a secret parameter
             with self.lock:
-                self.context["outputs"][step.capture_output] = state.result()["stdout"].strip()
+                self.context["outputs"][step.capture_output] = value
 
     def run_one(self, hook: Hook, section: str) -> StepOutcome:
         """Run a hook-like step now, in this thread, and wait for it."""

@@ -46,6 +46,18 @@ def _row(run: Any) -> dict[str, Any]:
     }
 
 
+def shown_output(step: Any) -> str | None:
+    """A step's recorded output as `show` prints it. Runs record their outputs masked already;
+    this also covers records written before that: a secret output's name, URL passwords."""
+    from flows.secrets import MASKED, is_secret_name, scrub_text
+
+    if step.output is None:
+        return None
+    if step.output_name and is_secret_name(step.output_name):
+        return MASKED
+    return scrub_text(step.output)
+
+
 def shown_state(run: Any) -> str:
     """A run recorded as running whose process is gone on this host was killed."""
     return liveness.shown_state(run.state, run.host, run.pid)
@@ -112,7 +124,7 @@ def show(run_id: RunId, json_output: Json = False, verbose: Verbose = False, qui
         for s in steps
     ]
     if json_output:
-        rows = [{**vars(o), "output": s.output} for o, s in zip(outcomes, steps, strict=True)]
+        rows = [{**vars(o), "output": shown_output(s)} for o, s in zip(outcomes, steps, strict=True)]
         console.json(_row(run) | {"steps": rows})
         return EXIT_OK
     summary = RunSummary(run.workflow, run.environment, run.id, state=run.state, message=run.message or "")
@@ -197,12 +209,15 @@ def resume_arguments(
     if missing:
         raise ValidationError(
             f"run {run.id} had secret parameters that were not recorded: {', '.join(missing)} — "
-            "pass them again with --set NAME=VALUE"
+            "pass them again with --set NAME=VALUE (or a reference, NAME=env:VAR)"
         )
+    from flows.workflow.load import load_workflow
+    from flows.workflow.params import for_flow
+
     options = run.option_dict()
     return {
         "path": str(path),
-        "parameters": parameters | sets,
+        "parameters": for_flow(load_workflow(path), parameters | sets),
         "environment": run.environment,
         "parallel": options.get("parallel"),
         "continue_on_error": bool(options.get("continue_on_error")),

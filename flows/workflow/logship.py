@@ -7,8 +7,8 @@ and an event line when the run starts and ends and when each step starts and set
 
 Each line is written whole under a lock and flushed at once, so steps running in parallel never
 interleave inside a line, a shipper tailing the file sees lines as they come, and a killed run
-loses nothing it had written. Secret parameters (named like a password, token, key...; the
-records' own rule, `safe_parameters`) and passwords inside URLs are masked in every message.
+loses nothing it had written. The run's secrets (flows/masking.py: secret parameters and
+outputs, by value) and passwords inside URLs are masked in every message.
 
 `build_record` and `Masker` are pure; the rest is the file and the hooks the flow calls:
 `start` (run.py), `tee` (a step's lines, tasks.py), the step listener (report.py's `notify`),
@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from flows.maintenance.record import safe_parameters, scrub_text
-from flows.workflow.masking import Masker
+from flows.masking import Masker
+from flows.secrets import is_secret_name, safe_parameters, scrub_text
 from flows.workflow.report import RunSummary, StepOutcome, listeners
 from flows.workflow.spec import Workflow
 
@@ -231,6 +231,7 @@ def start(
     *,
     path_to_file: str | None = None,
     mask: Masker | None = None,
+    is_secret: Callable[[str], bool] = is_secret_name,
 ) -> Path | None:
     """Open the run's file and write `run_started`, when the workflow asks for it; the path
     goes to the run log and the summary. A file that cannot be opened is a warning, not a
@@ -243,7 +244,9 @@ def start(
     started = datetime.fromtimestamp(summary.started, UTC)
     path = aggregate_path(aggregation_dir(), summary.workflow, summary.workflow_id, started)
     try:
-        aggregator = LogAggregator(path, run, mask or Masker.for_parameters(parameters), logger.warning)
+        aggregator = LogAggregator(
+            path, run, mask or Masker.for_parameters(parameters, is_secret), logger.warning
+        )
     except OSError as exc:
         logger.warning(f"log aggregation is off for this run: cannot open {path}: {exc}")
         return None
@@ -257,7 +260,7 @@ def start(
         f"run started: {summary.workflow} on {summary.environment}",
         state="Running",
         file=path_to_file,
-        parameters=safe_parameters(dict(parameters)),
+        parameters=safe_parameters(dict(parameters), is_secret),
     )
     logger.info(f"log aggregation: every line of this run goes to {path} (JSON lines)")
     return path

@@ -8,10 +8,11 @@ warning, never a failed or stalled run. `requires_approval` is sent by the appro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flows.notify import notify_channels
+from flows.secrets import scrub_text
 
 _TYPES = {"started": "info", "completed": "success", "failed": "failure", "rolled_back": "warning"}
 
@@ -54,16 +55,26 @@ def message(
 class RunNotifier:
     """Sends a run's events to its configured channels."""
 
-    def __init__(self, notifications: Any, workflow: str, environment: str, run_id: str, logger: Any) -> None:
+    def __init__(
+        self,
+        notifications: Any,
+        workflow: str,
+        environment: str,
+        run_id: str,
+        logger: Any,
+        mask: Callable[[str], str] = scrub_text,
+    ) -> None:
         self.channels = list(notifications.channels) if notifications else []
         self.events = set(notifications.events) if notifications else set()
         self.workflow, self.environment, self.run_id, self.logger = workflow, environment, run_id, logger
+        self.mask = mask  # the run's secrets stay out of what receivers get
         self._warned_missing = False
 
     def emit(self, event: str, **details: Any) -> None:
         if event not in self.events or not self.channels:
             return
         title, body = message(event, self.workflow, self.environment, self.run_id, **details)
+        title, body = self.mask(title), self.mask(body)
         missing = notify_channels(
             self.channels, title, body, self.logger.warning, notify_type=_TYPES.get(event, "info")
         )

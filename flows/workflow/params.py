@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
+
 from flows.errors import ValidationError
+from flows.secrets import MASKED, is_secret_name, reference, resolve_reference, reveal, scrub_text
 from flows.workflow.load import LoadedWorkflow
 from flows.workflow.spec import Parameter
 from flows.workflow.template import OptionValue, compile_template, is_template
@@ -25,11 +28,67 @@ MAX_VALUE_LENGTH = 64 * 1024
 
 @dataclass
 class Bound:
-    """A workflow's template context, ready for planning and running."""
+    """A workflow's template context, ready for planning and running.
+
+    `secrets`: the names of secret parameters; `references`: the `env:`/`block:` reference each
+    secret came from, where it came from one (what may be shown and recorded instead)."""
 
     context: dict[str, Any]
     parameters: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    secrets: frozenset[str] = frozenset()
+    references: dict[str, str] = field(default_factory=dict)
+
+    def is_secret(self, name: str) -> bool:
+        return name in self.secrets
+
+    def shown_parameters(self) -> dict[str, Any]:
+        """The parameters as `plan` shows them: a secret is its reference or `**********`."""
+        return {
+            name: self.references.get(name, MASKED)
+            if name in self.secrets and value not in (None, "")
+            else value
+            for name, value in self.parameters.items()
+        }
+
+
+def secret_names(loaded: LoadedWorkflow, values: Mapping[str, Any] | None = None) -> frozenset[str]:
+    """The secret parameters: declared `secret: true`, named like a secret (unless `secret:
+    false`), or holding a URL with a password (given or as default) — for undeclared `values` too."""
+    values = values or {}
+    declared = {p.name: p for p in loaded.spec.parameters}
+    names = [p.name for p in loaded.spec.parameters if p.is_secret]
+    for param in loaded.spec.parameters:
+        value = reveal(values.get(param.name, param.default))
+        if param.secret is None and _holds_url_password(value):
+            names.append(param.name)
+    for name, value in values.items():
+        if name not in declared and (is_secret_name(name) or _holds_url_password(reveal(value))):
+            names.append(name)
+    return frozenset(names)
+
+
+def _holds_url_password(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(item, str) and scrub_text(item) != item for item in items)
+
+
+def for_flow(loaded: LoadedWorkflow, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`--set` values as the flow takes them: a secret as a SecretStr, which Prefect stores as
+    `**********` in the flow run's parameters (the flow in this process still gets the value);
+    a reference (`env:NAME`, `block:NAME`) as it is, since it holds no secret."""
+    secret = secret_names(loaded, values)
+    return {
+        name: SecretStr(value)
+        if name in secret and isinstance(value, str) and not reference(value)
+        else value
+        for name, value in values.items()
+    }
+
+
+def _shown(param: Parameter, value: Any) -> str:
+    """A value as an error message may quote it: never a secret's."""
+    return "the value (a secret, not shown)" if param.is_secret else repr(value)
 
 
 def parse_sets(values: Iterable[str]) -> dict[str, str]:
@@ -86,7 +145,7 @@ def coerce(param: Parameter, value: Any) -> Any:
             else:
                 value = [item.strip() for item in text.split(",") if item.strip()]
         if not isinstance(value, list):
-            raise ValidationError(f"parameter `{name}` must be a list, got {value!r}")
+            raise ValidationError(f"parameter `{name}` must be a list, got {_shown(param, value)}")
         return value
     if isinstance(value, list | dict):
         raise ValidationError(f"parameter `{name}` must be a {kind}, got a {type(value).__name__}")
@@ -96,13 +155,13 @@ def coerce(param: Parameter, value: Any) -> Any:
         text = str(value).strip().lower()
         if text in TRUE_WORDS | FALSE_WORDS:
             return text in TRUE_WORDS
-        raise ValidationError(f"parameter `{name}` must be true or false, got {value!r}")
+        raise ValidationError(f"parameter `{name}` must be true or false, got {_shown(param, value)}")
     if kind in ("int", "float"):
         try:
             number = int(str(value).strip()) if kind == "int" else float(str(value).strip())
         except ValueError:
             raise ValidationError(
-                f"parameter `{name}` must be a{'n' if kind == 'int' else ''} {kind}, got {value!r}"
+                f"parameter `{name}` must be a{'n' if kind == 'int' else ''} {kind}, got {_shown(param, value)}"
             ) from None
         return number
     return "" if value is None else str(value)
@@ -120,12 +179,16 @@ def check(param: Parameter, value: Any) -> None:
     if rules.pattern is not None:
         for item in items:
             if not re.fullmatch(rules.pattern, str(item)):
-                raise ValidationError(f"parameter `{param.name}`: {item!r} does not match {rules.pattern!r}")
+                raise ValidationError(
+                    f"parameter `{param.name}`: {_shown(param, item)} does not match {rules.pattern!r}"
+                )
     if rules.enum is not None:
         for item in items:
             if item not in rules.enum:
                 allowed = ", ".join(map(str, rules.enum))
-                raise ValidationError(f"parameter `{param.name}`: {item!r} is not one of {allowed}")
+                raise ValidationError(
+                    f"parameter `{param.name}`: {_shown(param, item)} is not one of {allowed}"
+                )
     if isinstance(value, list):
         if rules.min_items is not None and len(value) < rules.min_items:
             raise ValidationError(
@@ -137,9 +200,13 @@ def check(param: Parameter, value: Any) -> None:
             )
     if isinstance(value, int | float) and not isinstance(value, bool):
         if rules.minimum is not None and value < rules.minimum:
-            raise ValidationError(f"parameter `{param.name}`: {value} is below the minimum {rules.minimum:g}")
+            raise ValidationError(
+                f"parameter `{param.name}`: {_shown(param, value)} is below the minimum {rules.minimum:g}"
+            )
         if rules.maximum is not None and value > rules.maximum:
-            raise ValidationError(f"parameter `{param.name}`: {value} is above the maximum {rules.maximum:g}")
+            raise ValidationError(
+                f"parameter `{param.name}`: {_shown(param, value)} is above the maximum {rules.maximum:g}"
+            )
 
 
 def bind(
@@ -150,14 +217,30 @@ def bind(
     default_environment: str,
     workflow_id: str,
     logical_date: str | None = None,
+    resolve: tuple[str, ...] = ("env",),
 ) -> Bound:
     """Typed parameters + builtins + variables + conditions, with validation rules checked.
 
     `logical_date` is the moment the run stands for (a backfill passes its cron tick); without
-    one, now (UTC), so `plan` shows what a run started now would get.
+    one, now (UTC), so `plan` shows what a run started now would get. A secret parameter's value
+    (given, or its default) may be a SecretStr or a reference, resolved when its kind is in
+    `resolve`: `env:NAME` by default, `block:NAME` too inside the flow run (it needs the Prefect
+    API); until then the reference stands for the value and its `validation` waits for the run.
     """
     spec = loaded.spec
     declared = {p.name: p for p in spec.parameters}
+    secrets = secret_names(loaded, sets)
+    references: dict[str, str] = {}
+
+    def revealed(name: str, raw: Any) -> tuple[Any, bool]:
+        """(the value, whether it is known yet): secrets revealed and their references resolved."""
+        raw = reveal(raw)
+        if name not in secrets or not reference(raw):
+            return raw, True
+        references[name] = raw.strip()
+        value = resolve_reference(raw, f"secret parameter `{name}`", kinds=resolve)
+        return (raw.strip(), False) if value is None else (value, True)
+
     warnings: list[str] = []
     params: dict[str, Any] = {}
     for name, raw in sets.items():
@@ -170,15 +253,19 @@ def bind(
             raise ValidationError(f"unknown parameter `{name}` — did you mean `{hint[0]}`?")
         if name != "environment":
             warnings.append(f"parameter `{name}` is not declared by the workflow; passed as text")
-        params[name] = raw
-        check(Parameter(name=name), raw)
+        params[name], known = revealed(name, raw)
+        if known:
+            check(Parameter(name=name), params[name])
     for param in spec.parameters:
+        known = True
         if param.name in sets:
-            value = coerce(param, sets[param.name])
+            raw, known = revealed(param.name, sets[param.name])
+            value = coerce(param, raw) if known else raw
         elif param.name == "environment" and environment is not None:
             value = environment
         elif param.default is not None:
-            value = coerce(param, param.default)
+            raw, known = revealed(param.name, param.default)
+            value = coerce(param, raw) if known else raw
         elif param.name == "environment":
             value = default_environment
         elif param.required:
@@ -188,7 +275,7 @@ def bind(
             )
         else:
             value = [] if param.kind == "list" else None
-        if value is not None:
+        if value is not None and known:
             check(param, value)
         params[param.name] = value
     if environment is not None:
@@ -220,7 +307,9 @@ def bind(
             )
         context[cond.name] = template.truth(context)
     _check_rules(loaded, context)
-    return Bound(context=context, parameters=params, warnings=warnings)
+    return Bound(
+        context=context, parameters=params, warnings=warnings, secrets=secrets, references=references
+    )
 
 
 def _check_options(loaded: LoadedWorkflow, params: Mapping[str, Any]) -> dict[str, Any]:

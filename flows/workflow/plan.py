@@ -186,7 +186,7 @@ def plan_workflow(loaded: LoadedWorkflow, graph: Graph, bound: Bound, *, paralle
     return Plan(
         workflow=spec.name,
         environment=str(context.get("environment")),
-        parameters=bound.parameters,
+        parameters=bound.shown_parameters(),
         steps=steps,
         hooks={
             section: [plan_hook(loaded, h, context) for h in hooks]

@@ -19,8 +19,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import SecretStr
 
 from flows.errors import DependencyError, OpsflowError, StepFailure
+from flows.masking import Masker, environment_secrets, masked_error, masking
+from flows.masking import mask as mask_text
+from flows.secrets import plain_secrets, refuse_plain_secrets
 from flows.workflow import logship
 from flows.workflow import plan as planning
 from flows.workflow import state as workflow_state
@@ -31,9 +35,8 @@ from flows.workflow.execute import TIMEOUT_REASON, WorkflowRun
 from flows.workflow.graph import Graph, Hook
 from flows.workflow.health_gate import run_health_checks
 from flows.workflow.load import LoadedWorkflow, load_workflow
-from flows.workflow.masking import Masker
 from flows.workflow.notifications import RunNotifier
-from flows.workflow.params import bind
+from flows.workflow.params import bind, secret_names
 from flows.workflow.recovery import recover
 from flows.workflow.report import RunSummary
 from flows.workflow.spec import Step
@@ -82,25 +85,34 @@ def run_workflow(
     """
     start = current_flow_run.scheduled_start_time  # a run made by the scheduler: its cron tick
     logical_date = logical_date or (start.isoformat(timespec="seconds") if start else None)
-    try:
-        with stop_commands_on_signals(), logship.closing():
-            return _run(
-                path,
-                parameters,
-                environment,
-                parallel,
-                continue_on_error,
-                timeout,
-                default_environment,
-                logical_date,
-                save_state,
-                resume_from,
-            )
-    except OpsflowError as err:
-        # Bad input or an unmet prerequisite: one line in the run's log, not a traceback.
-        get_run_logger().error(str(err))
-        workflow_state.abandon(str(current_flow_run.id), err)
-        return Failed(message=str(err), data=err)
+    # Every log line of the run, its errors included, goes through the run's secrets (masking.py).
+    with masking(Masker(environment_secrets())) as mask:
+        try:
+            with stop_commands_on_signals(), logship.closing():
+                return _run(
+                    path,
+                    parameters,
+                    environment,
+                    parallel,
+                    continue_on_error,
+                    timeout,
+                    default_environment,
+                    logical_date,
+                    save_state,
+                    resume_from,
+                    mask,
+                )
+        except OpsflowError as err:
+            # Bad input or an unmet prerequisite: one line in the run's log, not a traceback.
+            err = masked_error(err, mask)
+            get_run_logger().error(str(err))
+            workflow_state.abandon(str(current_flow_run.id), err)
+            return Failed(message=str(err), data=err)
+        except Exception as exc:
+            # Not ours: its traceback is logged masked here; Prefect would log it in clear.
+            get_run_logger().exception("the run failed unexpectedly")
+            message = mask(f"{type(exc).__name__}: {exc}")
+            return Failed(message=message, data=RuntimeError(message))
 
 
 def _run(
@@ -114,13 +126,18 @@ def _run(
     logical_date: str | None,
     save_state: bool = True,
     resume_from: str | None = None,
+    mask: Masker | None = None,
 ) -> State:
     logger = get_run_logger()
+    mask = mask or Masker()
     loaded = load_workflow(path)
-    given = {k: v if isinstance(v, str) else _as_text(v) for k, v in (parameters or {}).items()}
+    given = {k: v if isinstance(v, str | SecretStr) else _as_text(v) for k, v in (parameters or {}).items()}
     analysis = analyse(loaded, given)
     graph = analysis.graph
     workflow_id = str(current_flow_run.id or "local")
+    parameters = parameters or {}
+    # A secret in clear in the parameters is in Prefect's database: take it out, refuse the run.
+    refuse_plain_secrets(plain_secrets(parameters, secret_names(loaded, parameters).__contains__))
     bound = bind(
         loaded,
         given,
@@ -128,7 +145,9 @@ def _run(
         default_environment=default_environment,
         workflow_id=workflow_id,
         logical_date=logical_date,
+        resolve=("env", "block"),
     )
+    mask.add(v for k, v in bound.parameters.items() if bound.is_secret(k))
     for warning in [*analysis.warnings, *bound.warnings]:
         logger.warning(warning)
     recorder = workflow_state.Recorder.start(
@@ -136,11 +155,12 @@ def _run(
         workflow=loaded.spec.name,
         path=path,
         environment=str(bound.context["environment"]),
-        parameters=parameters or {},
+        parameters=parameters,
         options={"parallel": parallel, "continue_on_error": continue_on_error, "timeout": timeout},
         resumed_from=resume_from,
         logger=logger,
         enabled=save_state,
+        is_secret=bound.is_secret,
     )
     unenforced = planning.unenforced_workflow_fields(loaded.spec) + [
         f"{n.id}: {key}" for n in graph.nodes.values() for key in planning.unenforced_step_fields(n.step)
@@ -148,10 +168,16 @@ def _run(
     if unenforced:
         logger.warning("accepted, not yet enforced: " + "; ".join(unenforced))
     summary = RunSummary(loaded.spec.name, str(bound.context["environment"]), workflow_id)
-    mask = Masker.for_parameters(bound.parameters)  # one per run: output lines and the JSON log
-    logship.start(loaded.spec, summary, bound.parameters, logger, path_to_file=path, mask=mask)
+    logship.start(
+        loaded.spec, summary, parameters, logger, path_to_file=path, mask=mask, is_secret=bound.is_secret
+    )
     notifier = RunNotifier(
-        loaded.spec.notifications, loaded.spec.name, str(bound.context["environment"]), workflow_id, logger
+        loaded.spec.notifications,
+        loaded.spec.name,
+        str(bound.context["environment"]),
+        workflow_id,
+        logger,
+        mask=mask,
     )
     notifier.emit("started")
     deadline = time.time() + parse_duration(timeout) if timeout else None
@@ -262,6 +288,8 @@ def _finish(
     summary: RunSummary, failed_main: list[str], unmet: str | None = None, timed_out: bool = False
 ) -> State:
     summary.finished = time.time()
+    for step in summary.steps:  # reasons may quote a command's output
+        step.reason = mask_text(step.reason)
     hook_failures = [s.step for s in summary.steps if s.failed and s.section not in ("steps", HEALTH_SECTION)]
     unhealthy = [s for s in summary.steps if s.failed and s.section == HEALTH_SECTION]
     if unmet:
@@ -277,6 +305,7 @@ def _finish(
         summary.message = "; ".join(parts)
     else:
         summary.state, summary.exit_code = "Completed", 0
+    summary.message = mask_text(summary.message)
     workflow_state.finish(summary)
     logship.finish(summary)
     create_table_artifact(

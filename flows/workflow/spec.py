@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from flows.secrets import is_secret_name
 from flows.workflow.units import parse_cpu, parse_duration, parse_memory
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -85,6 +86,20 @@ class Parameter(Model):
     validation: ParameterValidation | None = Field(
         None, examples=[{"pattern": "^v[0-9.]+$"}], description="Constraints checked before any step runs."
     )
+    secret: bool | None = Field(
+        None,
+        examples=[True],
+        description="The value is a secret: masked in every output line, error, artifact and record, "
+        "and never stored in the flow run's parameters (the command line hands it to the run obscured; "
+        "a deployment run takes it as a reference, `env:NAME` or `block:NAME`, resolved inside the run). "
+        "Default: true when the name has a word such as password, passphrase, secret, token, key "
+        "(`api_key`, `sshKey`), credential, auth, dsn, private, cookie or session; `false` opts out.",
+    )
+
+    @property
+    def is_secret(self) -> bool:
+        """`secret` as written, else what the name says (`db_password`, `api_key`...)."""
+        return self.secret if self.secret is not None else is_secret_name(self.name)
 
     @property
     def kind(self) -> str:
@@ -271,6 +286,13 @@ class Step(Model):
         description="Store the step's stdout under this name: later templates read `{{ .outputs.NAME }}`.",
         pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
     )
+    secret_output: bool | None = Field(
+        None,
+        examples=[True],
+        description="The captured output is a secret: the step's stdout is not logged, its value is "
+        "masked in every later line, and the record keeps it masked (`resume` runs the step again). "
+        "Default: true when the `capture_output` name is a secret's (`db_token`, `api_key`...).",
+    )
     manual_approval: bool = Field(
         False, examples=[True], description="Wait for an operator's approval before running."
     )
@@ -335,6 +357,8 @@ class Step(Model):
             if not (self.name and self.name.isidentifier()):
                 raise ValueError("`capture_output: true` needs a step `name` usable as `.outputs.NAME`")
             object.__setattr__(self, "capture_output", self.name)  # frozen model: set once, here
+        if self.secret_output and self.capture_output is None:
+            raise ValueError("`secret_output` applies to a step with `capture_output`")
         kinds = [k for k in ("command", "script") if getattr(self, k) is not None]
         if "steps" in self.model_fields_set:
             kinds.append("steps")
@@ -357,6 +381,13 @@ class Step(Model):
     @property
     def is_group(self) -> bool:
         return self.command is None and self.script is None
+
+    @property
+    def captures_secret(self) -> bool:
+        """The captured output is a secret: `secret_output`, else what its name says."""
+        if self.capture_output is None:
+            return False
+        return self.secret_output if self.secret_output is not None else is_secret_name(self.capture_output)
 
     @property
     def children(self) -> list[Step]:

@@ -13,16 +13,16 @@ import hashlib
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from flows.errors import OpsflowError
-from flows.maintenance.record import safe_parameters
+from flows.secrets import MASKED, is_secret_name, safe_parameters, was_scrubbed
 from flows.user_files import read_user_bytes
 from flows.workflow.dispatch import Outcome
-from flows.workflow.masking import MASKED
 from flows.workflow.report import RunSummary, StepOutcome
 
 if TYPE_CHECKING:
@@ -41,8 +41,15 @@ def file_checksum(path: str | Path) -> str:
 
 
 def masked_parameters(parameters: dict[str, Any]) -> list[str]:
-    """Names of recorded parameters whose values were masked as secrets (not restorable)."""
-    return sorted(name for name, value in parameters.items() if value == MASKED)
+    """Names of recorded parameters whose values were masked as secrets, or had a password in a
+    URL removed: `resume` needs them again."""
+
+    def masked(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(masked(item) for item in value)
+        return isinstance(value, str) and (value == MASKED or was_scrubbed(value))
+
+    return sorted(name for name, value in parameters.items() if masked(value))
 
 
 class Recorder:
@@ -66,7 +73,10 @@ class Recorder:
         resumed_from: str | None,
         logger: Any,
         enabled: bool = True,
+        is_secret: Callable[[str], bool] = is_secret_name,
     ) -> Recorder:
+        """Write the run's row: secret parameters as `**********` (or the reference they came
+        from, which `resume` can resolve again), passwords in URLs removed."""
         from flows.records.models import to_json
         from flows.records.workflows import WorkflowRunRecord, start_run
 
@@ -77,7 +87,7 @@ class Recorder:
             path=str(Path(path).resolve()),
             checksum=file_checksum(path),
             environment=environment,
-            parameters=to_json(safe_parameters(parameters)),
+            parameters=to_json(safe_parameters(parameters, is_secret)),
             options=to_json(options),
             resumed_from=resumed_from,
             host=socket.gethostname(),
@@ -108,7 +118,8 @@ class Recorder:
         saved: tuple[str | None, str | None] = (None, None),
     ) -> None:
         """Record a step as it settles; a completed main step keeps its captured output
-        (`saved`: the output a restored step had, so the new run can be resumed in turn)."""
+        (`saved`: the output a restored step had, so the new run can be resumed in turn), with
+        the run's secrets masked in it, or all of it masked when it is a secret output."""
         from flows.records.workflows import WorkflowStepRecord, add_step
 
         name, output = saved
@@ -116,7 +127,8 @@ class Recorder:
         if node is not None and node.step.capture_output is not None:
             name = node.step.capture_output
             if outcome.state == "Completed" and isinstance(value, dict):
-                output = str(value.get("stdout", "")).strip()[:OUTPUT_CAP]
+                output = str(value.get("stdout", "")).strip()
+                output = MASKED if node.step.captures_secret else run.mask(output)[:OUTPUT_CAP]
         self.recorded.add((outcome.step, outcome.section))
         row = WorkflowStepRecord(
             run_id=self.run_id,
@@ -126,7 +138,7 @@ class Recorder:
             attempts=outcome.attempts,
             duration=outcome.duration,
             exit_code=outcome.exit_code,
-            reason=outcome.reason or None,
+            reason=(run.mask(outcome.reason) if run is not None else outcome.reason) or None,
             output_name=name,
             output=output,
         )
@@ -173,6 +185,10 @@ def restore(run: WorkflowRun, dispatcher: Dispatcher, original_id: str) -> list[
     for row in rows:
         if row.step not in run.graph.nodes or row.step not in dispatcher.pending:
             continue  # a step of the old file (--force) or already settled
+        if row.output is not None and MASKED in row.output:
+            # Its output held a secret, which the record never kept: later steps need it whole.
+            run.logger.info(f"`{row.step}` runs again: its captured output `{row.output_name}` held a secret")
+            continue
         if row.output_name is not None and row.output is not None:
             run.context["outputs"][row.output_name] = row.output
         dispatcher.finish(row.step, Outcome.COMPLETED)

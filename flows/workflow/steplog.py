@@ -30,9 +30,12 @@ class StepLog:
         logger: logging.Logger | logging.LoggerAdapter[Any],
         step_id: str,
         mask: Callable[[str], str] = lambda text: text,
+        secret_stdout: str | None = None,
     ) -> None:
         self.logger = logger
-        self.mask = mask  # secrets out before a line is logged or spooled (masking.py)
+        self.mask = mask  # secrets out before a line is logged or spooled (flows/masking.py)
+        self.secret_stdout = secret_stdout  # the secret output stdout is: counted, never logged
+        self.hidden_stdout = 0
         self.step_id = step_id
         self.count = 0
         self.head: list[str] = []
@@ -42,6 +45,17 @@ class StepLog:
 
     def __enter__(self) -> StepLog:
         return self
+
+    def without_stdout(self, sink: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        """`sink` for stderr only: stdout is a secret output, which no log may keep."""
+
+        def stderr_only(stream: str, text: str) -> None:
+            if stream == "stdout":
+                self.hidden_stdout += 1
+            else:
+                sink(stream, text)
+
+        return stderr_only
 
     def line(self, stream: str, text: str) -> None:
         text = self.mask(text)
@@ -67,6 +81,10 @@ class StepLog:
         self.head = []
 
     def __exit__(self, *exc: object) -> None:
+        if self.hidden_stdout:
+            self.logger.info(
+                f"{self.hidden_stdout} line(s) of stdout not logged: the secret output `{self.secret_stdout}`"
+            )
         if self.spool is None:
             return
         self.spool.close()

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run as current_task_run
 from prefect.states import Completed, State
 
-from flows.maintenance.record import scrub_text
+from flows.secrets import scrub_text
 from flows.workflow import logship
 from flows.workflow.pools import Claim, PoolWaitEnded, hold
 from flows.workflow.pools import stopping as pools_stopping
@@ -117,6 +117,7 @@ def run_step(
     memory: int | None = None,
     shared: Claim | None = None,
     mask: Callable[[str], str] | None = None,
+    secret_stdout: str | None = None,
 ) -> dict[str, Any]:
     """Run one command; its lines go to the run log, a failure raises so Prefect retries.
 
@@ -124,7 +125,8 @@ def run_step(
     included, gets at most what is left of it. `memory` (bytes) is the step's reservation,
     held as its processes' RLIMIT_AS. `shared`: the reservation's slots in the pool the run
     shares with other runs (pools.py), held by each attempt while its command runs. `mask`
-    takes the run's secrets out of each output line before it is logged (masking.py).
+    takes the run's secrets out of each output line before it is logged (flows/masking.py);
+    `secret_stdout`: the name of the secret output the command prints, so stdout is not logged.
     """
     logger = get_run_logger()
     attempt = current_task_run.run_count or 1
@@ -137,7 +139,17 @@ def run_step(
             except PoolWaitEnded as ended:
                 raise CommandFailed(step_id, -1, ended.timed_out, attempt, 0.0, reason=str(ended)) from None
         return _run_attempt(
-            step_id, command, shell, timeout, env, deadline, memory, attempt, logger, mask or scrub_text
+            step_id,
+            command,
+            shell,
+            timeout,
+            env,
+            deadline,
+            memory,
+            attempt,
+            logger,
+            mask or scrub_text,
+            secret_stdout,
         )
 
 
@@ -152,6 +164,7 @@ def _run_attempt(
     attempt: int,
     logger: Any,
     mask: Callable[[str], str],
+    secret_stdout: str | None = None,
 ) -> dict[str, Any]:
     capped = False
     if deadline is not None:
@@ -160,8 +173,10 @@ def _run_attempt(
             raise CommandFailed(step_id, -1, True, attempt, 0.0, reason="the workflow's --timeout ran out")
         capped = timeout is None or left < timeout
         timeout = left if timeout is None else min(timeout, left)
-    with StepLog(logger, step_id, mask) as log:
+    with StepLog(logger, step_id, mask, secret_stdout=secret_stdout) as log:
         sink = logship.tee(log.line, step_id, attempt)  # also to the run's JSON lines, if aggregated
+        if secret_stdout is not None:
+            sink = log.without_stdout(sink)
         result: CommandResult = run_command(
             command, shell=shell, timeout=timeout, env=env, on_line=sink, memory_limit=memory
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from flows.records import files as store
 from flows.records.db import session
@@ -177,7 +178,7 @@ def test_completion_callback_from_the_flow(records, inputs, tmp_path):
             inputs=[str(inputs)],
             processor="cp {input} {output}",
             output=str(tmp_path / "o"),
-            notify=receiver.url,
+            notify=SecretStr(receiver.url),  # as `files run --notify URL` passes it
         )
     finally:
         receiver.close()
@@ -188,7 +189,7 @@ def test_completion_callback_from_the_flow(records, inputs, tmp_path):
         inputs=[str(inputs)],
         processor="cp {input} {output}",
         output=str(tmp_path / "o"),
-        notify="json://127.0.0.1:1/x",
+        notify=SecretStr("json://127.0.0.1:1/x"),
     )
     assert state.is_completed()  # a dead receiver never fails the batch
     state, value = run(inputs=[str(inputs)], processor="cp {input} {output}")

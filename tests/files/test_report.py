@@ -58,7 +58,7 @@ def test_reports_are_written_and_metrics_parse(tmp_path, monkeypatch):
 
 def test_completion_callback_reaches_a_real_receiver(receiver):
     warnings = []
-    assert notify_completion(receiver.url, SUMMARY, warnings.append)
+    assert notify_completion([receiver.url], SUMMARY, warnings.append)
     assert warnings == []
     payload = json.loads(receiver.bodies[0])
     assert "nightly" in payload["title"] and json.loads(payload["message"])["job_id"] == "abc123"
@@ -70,7 +70,7 @@ def test_a_dead_receiver_only_warns():
         port = sock.getsockname()[1]
     warnings = []
     started = time.monotonic()
-    assert not notify_completion(f"json://user:secret@127.0.0.1:{port}/hook", SUMMARY, warnings.append)
+    assert not notify_completion([f"json://user:secret@127.0.0.1:{port}/hook"], SUMMARY, warnings.append)
     assert time.monotonic() - started < NOTIFY_TIMEOUT + 2
     assert len(warnings) == 1 and "secret" not in warnings[0] and "the batch result stands" in warnings[0]
 
@@ -80,7 +80,7 @@ def test_a_slow_receiver_cannot_stall_the_batch():
     try:
         started = time.monotonic()
         warnings = []
-        assert not notify_completion(slow.url, SUMMARY, warnings.append)
+        assert not notify_completion([slow.url], SUMMARY, warnings.append)
         assert time.monotonic() - started < NOTIFY_TIMEOUT + 2
         assert warnings
     finally:

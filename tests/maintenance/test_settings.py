@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from flows.errors import ValidationError
-from flows.maintenance.record import safe_parameters, scrub_text
 from flows.maintenance.settings import load_settings
+from flows.secrets import safe_parameters, scrub_text
 
 from .conftest import opsflow
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from flows.masking import Masker
+from flows.secrets import MASKED
 from flows.workflow.logship import (
     LogAggregator,
     RunIdentity,
@@ -19,7 +21,6 @@ from flows.workflow.logship import (
     build_record,
     step_record,
 )
-from flows.workflow.masking import MASKED, Masker
 from flows.workflow.report import StepOutcome
 
 FIELDS = [
@@ -230,7 +231,7 @@ def test_masker_takes_the_records_secrets_in_every_form():
     ],
 )
 def test_url_passwords_masked_as_the_records_do(text):
-    from flows.maintenance.record import scrub_text
+    from flows.secrets import scrub_text
 
     assert Masker([])(text) == scrub_text(text)
 

@@ -1,0 +1,181 @@
+"""Secret values out of every line: by value, in every form a command may print them.
+
+A `Masker` holds the values of one run (secret parameters, secret captured outputs, a
+notification URL, secrets of the environment) and replaces each with `**********`; passwords
+inside URLs become `***` whatever they are. While a flow run is `masking(...)`, every log
+record of this process goes through the active maskers before any handler writes it (the
+terminal, Prefect's API handler, the live view), so a secret inside an error message, a
+traceback or Prefect's own "Finished in state" line is masked too; `mask` applies them to text
+that goes elsewhere (state messages, artifacts, records).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from flows.errors import OpsflowError
+from flows.secrets import MASKED, is_secret_name, reference, reveal, scrub_text
+
+# A value shorter than this is not masked in output: `token_ttl: 60` or a 3-letter "secret" would
+# turn every 60 in every line into stars and hide nothing (numbers and flags are no secrets).
+SHORTEST = 4
+# Environment variables whose values are masked in every line: names that can only mean a secret
+# (not `SSH_AUTH_SOCK` or `XDG_SESSION_ID`), with values long enough to be one.
+_ENV_SECRET = re.compile(
+    r"password|passwd|passphrase|secret|token|credential|api_?key|access_?key|private_?key", re.I
+)
+_ENV_SHORTEST = 8
+
+
+class Masker:
+    """Replaces every secret value with `**********`, and passwords in URLs with `***`."""
+
+    def __init__(self, secrets: Iterable[Any] = ()) -> None:
+        self.secrets: list[str] = []
+        self._lock = threading.Lock()
+        self.add(secrets)
+
+    def add(self, values: Iterable[Any]) -> None:
+        """More secrets (strings or lists of them), e.g. a step's secret output once captured."""
+        forms: set[str] = set()
+        for value in values:
+            forms |= _forms(reveal(value))
+        with self._lock:
+            # longest first, so a secret that contains another is masked whole
+            self.secrets = sorted(set(self.secrets) | forms, key=len, reverse=True)
+
+    @classmethod
+    def for_parameters(
+        cls, parameters: Mapping[str, Any], is_secret: Callable[[str], bool] = is_secret_name
+    ) -> Masker:
+        """The secret parameters' values (SecretStr, or named or declared secret)."""
+        return cls(
+            value
+            for name, value in parameters.items()
+            if (isinstance(value, SecretStr) or is_secret(name)) and not reference(value)
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASKED)
+        return scrub_text(text)
+
+
+def _forms(value: Any) -> set[str]:
+    """A value as a command may print it: whole, line by line, list items joined, JSON-escaped,
+    percent-encoded (a password inside a URL)."""
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value if isinstance(v, str | int | float) and len(str(v)) >= SHORTEST]
+        forms = {",".join(items), " ".join(items), json.dumps(items)} if items else set()
+        for item in items:
+            forms |= _forms(item)
+        return {f for f in forms if len(f) >= SHORTEST}
+    if not isinstance(value, str):
+        return set()
+    forms = {value, value.strip(), *value.splitlines()}
+    forms |= {json.dumps(f)[1:-1] for f in list(forms)}
+    forms |= {urllib.parse.quote(f, safe="") for f in list(forms)}
+    return {f for f in forms if len(f.strip()) >= SHORTEST}
+
+
+def mask_data(data: Any, masker: Callable[[str], str]) -> Any:
+    """Every string inside `data` (dicts, lists) masked; for JSON documents and artifacts."""
+    if isinstance(data, str):
+        return masker(data)
+    if isinstance(data, dict):
+        return {key: mask_data(value, masker) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [mask_data(value, masker) for value in data]
+    return data
+
+
+def masked_error(err: OpsflowError, masker: Callable[[str], str]) -> OpsflowError:
+    """The same error (same class, exit code, `where`) with its message masked."""
+    message = masker(err.message)
+    if message == err.message:
+        return err
+    masked = err.__class__.__new__(err.__class__)
+    masked.__dict__.update(vars(err))
+    Exception.__init__(masked, message, err.where)
+    masked.message = message
+    return masked
+
+
+def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of environment variables that hold secrets (`*_TOKEN`, `*_PASSWORD`, `*_SECRET`,
+    `*_API_KEY`...) and of notification channels (`OPSFLOW_NOTIFY_*`, apprise URLs)."""
+    environ = os.environ if environ is None else environ
+    found = []
+    for name, value in environ.items():
+        if name.startswith("OPSFLOW_NOTIFY_"):
+            found += [u for u in re.split(r"[\s,]+", value) if len(u) >= _ENV_SHORTEST]
+        elif _ENV_SECRET.search(name) and len(value) >= _ENV_SHORTEST:
+            found.append(value)
+    return found
+
+
+# -- every log record of the process, while a run masks -----------------------------------------
+_active: list[Masker] = []
+_active_lock = threading.Lock()
+
+
+def mask(text: str) -> str:
+    """`text` with the secrets of every run masking in this process removed."""
+    for masker in list(_active):
+        text = masker(text)
+    return scrub_text(text)
+
+
+@contextlib.contextmanager
+def masking(masker: Masker) -> Iterator[Masker]:
+    """While the body runs, every log record (and `mask`) masks `masker`'s secrets."""
+    with _active_lock:
+        _active.append(masker)
+    install_log_filter()
+    try:
+        yield masker
+    finally:
+        with _active_lock:
+            _active.remove(masker)
+
+
+class MaskingFilter(logging.Filter):
+    """Masks a record's message (and traceback) before a handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _active and not getattr(record, "_opsflow_masked", False):
+            message = record.getMessage()
+            if "://" in message:
+                record.msg, record.args = scrub_text(message), None
+            return True
+        if getattr(record, "_opsflow_masked", False):
+            return True
+        record.msg, record.args = mask(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask(logging.Formatter().formatException(record.exc_info))
+        record._opsflow_masked = True
+        return True
+
+
+_FILTER = MaskingFilter()
+
+
+def install_log_filter() -> None:
+    """Put the masking filter on every handler of every logger (once each); handlers added
+    later (a live view, a worker's) get it when the next run starts masking."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
