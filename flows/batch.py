@@ -289,7 +289,7 @@ def list_workflows(
             {
                 "name": p.name,
                 "type": p.kind,
-                "default": _shown_default(p),
+                "default": p.shown_default,
                 "required": p.required,
                 "secret": p.is_secret,
                 "description": p.description,
@@ -323,16 +323,6 @@ def list_workflows(
     if not entries:
         console.out(f"no workflow files in {folder}")
     return EXIT_OK
-
-
-def _shown_default(param) -> object:
-    """A parameter's default as `list` shows it: a secret's only when it is a reference."""
-    from flows.secrets import MASKED
-    from flows.secrets import reference as is_reference
-
-    if param.is_secret and param.default not in (None, "") and not is_reference(param.default):
-        return MASKED
-    return param.default
 
 
 @app.command()

@@ -211,13 +211,17 @@ def resume_arguments(
             f"run {run.id} had secret parameters that were not recorded: {', '.join(missing)} — "
             "pass them again with --set NAME=VALUE (or a reference, NAME=env:VAR)"
         )
-    from flows.workflow.load import load_workflow
-    from flows.workflow.params import for_flow
+    from pydantic import SecretStr
 
+    from flows.secrets import reference
+
+    # What --set gives again are the secrets the record masked: to the flow as SecretStr, which
+    # Prefect stores obscured (a reference, holding no secret, as it is).
+    given = {name: v if reference(v) or not isinstance(v, str) else SecretStr(v) for name, v in sets.items()}
     options = run.option_dict()
     return {
         "path": str(path),
-        "parameters": for_flow(load_workflow(path), parameters | sets),
+        "parameters": parameters | given,
         "environment": run.environment,
         "parallel": options.get("parallel"),
         "continue_on_error": bool(options.get("continue_on_error")),

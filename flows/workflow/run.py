@@ -169,7 +169,13 @@ def _run(
         logger.warning("accepted, not yet enforced: " + "; ".join(unenforced))
     summary = RunSummary(loaded.spec.name, str(bound.context["environment"]), workflow_id)
     logship.start(
-        loaded.spec, summary, parameters, logger, path_to_file=path, mask=mask, is_secret=bound.is_secret
+        loaded.spec,
+        summary,
+        bound.shown_parameters(),
+        logger,
+        path_to_file=path,
+        mask=mask,
+        is_secret=bound.is_secret,
     )
     notifier = RunNotifier(
         loaded.spec.notifications,

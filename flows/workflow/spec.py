@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from flows.secrets import is_secret_name
+from flows.secrets import MASKED, is_secret_name, reference
 from flows.workflow.units import parse_cpu, parse_duration, parse_memory
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -100,6 +100,13 @@ class Parameter(Model):
     def is_secret(self) -> bool:
         """`secret` as written, else what the name says (`db_password`, `api_key`...)."""
         return self.secret if self.secret is not None else is_secret_name(self.name)
+
+    @property
+    def shown_default(self) -> Any:
+        """The default as listings show it: a secret's only when it is a reference (`env:NAME`)."""
+        if self.is_secret and self.default not in (None, "") and not reference(self.default):
+            return MASKED
+        return self.default
 
     @property
     def kind(self) -> str:

@@ -45,7 +45,7 @@ def templates(json_output: Json = False, verbose: Verbose = False, quiet: Quiet 
             "builtin": t.builtin,
             "file": str(t.path),
             "parameters": [
-                {"name": p.name, "type": p.kind, "default": p.default, "description": p.description}
+                {"name": p.name, "type": p.kind, "default": p.shown_default, "description": p.description}
                 for p in t.parameters()
             ],
         }

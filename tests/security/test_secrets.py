@@ -300,3 +300,301 @@ def test_a_batch_leaves_no_secret_value_anywhere(tmp_path, home, sqlite_url, cap
     places["notification body"] = "\n".join(b.decode() for b in receiver.bodies)
     found = leaks(values, places)
     assert not found, "secret values found:\n" + "\n".join(found)
+
+
+# -- what a secret is ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name",
+    [
+        "password", "db_password", "PGPASSWORD", "passwd", "passphrase", "db_pass", "secret",
+        "clientSecret", "api_token", "authToken", "api_key", "sshKey", "SSH-KEY", "apikey",
+        "credentials", "auth", "oauth_client", "dsn", "private_key", "cookie", "session_id",
+    ],
+)  # fmt: skip
+def test_names_that_say_secret(name):
+    from flows.secrets import is_secret_name
+
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["monkey", "keyboard", "author", "version", "services", "passenger", "bypass"]
+)
+def test_names_that_do_not(name):
+    from flows.secrets import is_secret_name
+
+    assert not is_secret_name(name)
+
+
+SECRETS_DECLARED = """\
+name: declared
+parameters:
+  - name: customer_ref
+    secret: true
+  - name: session_timeout
+    secret: false
+    default: "1800"
+  - name: api_token
+    validation: {pattern: "^tok-[a-z0-9]+$"}
+steps:
+  - name: call
+    command: ./call.sh {{ .customer_ref }} {{ .api_token }} {{ .session_timeout }}
+"""
+
+
+def test_secret_true_and_false_decide_over_the_name(write_workflow, capsys):
+    from flows.workflow.load import load_workflow
+    from flows.workflow.params import secret_names
+
+    path = write_workflow(SECRETS_DECLARED)
+    ref, token = unique("ref-"), "tok-" + random_secrets.token_hex(8)
+    names = secret_names(
+        load_workflow(path), {"customer_ref": ref, "db": "postgres://u:pw@h/db", "region": "x"}
+    )
+    assert names == {"customer_ref", "api_token", "db"}  # a URL with a password is a secret too
+    # `plan` (and `run --dry-run`) show commands rendered: secret values masked there too
+    code = cli("plan", str(path), "--set", f"customer_ref={ref}", "--set", f"api_token={token}", "--json")
+    out = capsys.readouterr().out
+    assert code == 0 and ref not in out and token not in out
+    plan = json.loads(out)
+    assert plan["parameters"]["customer_ref"] == plan["parameters"]["api_token"] == "**********"
+    assert plan["parameters"]["session_timeout"] == "1800"  # opted out: shown
+    assert "./call.sh ********** ********** 1800" in json.dumps(plan)
+    code = cli("run", str(path), "--dry-run", "--set", f"customer_ref={ref}", "--set", f"api_token={token}")
+    out = capsys.readouterr().out
+    assert code == 10 and ref not in out and token not in out and "1800" in out
+
+
+def test_a_secret_value_is_never_quoted_by_an_error(write_workflow, capsys):
+    path = write_workflow(SECRETS_DECLARED)
+    bad = unique("not-a-token-")
+    code = cli("plan", str(path), "--set", "customer_ref=x", "--set", f"api_token={bad}")
+    err = capsys.readouterr().err
+    assert code == 3 and bad not in err
+    assert "`api_token`: the value (a secret, not shown) does not match" in err
+
+
+def test_masker_takes_a_secret_in_the_forms_a_command_prints_it():
+    from flows.masking import Masker
+
+    secret = 'p@ss w/"x"'
+    mask = Masker([secret, ["item-one", "item-two"]])
+    for shown in [
+        secret,
+        json.dumps(secret)[1:-1],
+        "p%40ss%20w%2F%22x%22",
+        "item-one,item-two",
+        '["item-one", "item-two"]',
+    ]:
+        assert "p@ss" not in mask(f"before {shown} after") and "item-" not in mask(shown), shown
+    mask.add(["added-later-1"])  # a secret output, once captured
+    assert mask("x added-later-1 y") == "x ********** y"
+
+
+def test_every_log_record_is_masked_while_a_run_masks(caplog):
+    import logging
+
+    from flows.masking import Masker, masking
+
+    secret = unique("in-an-error-")
+    logger = logging.getLogger("prefect.flow_runs")
+    stream_lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            stream_lines.append(self.format(record))
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with masking(Masker([secret])):
+            try:
+                raise ValueError(f"bad value {secret}")
+            except ValueError:
+                logger.exception("failed with %s", secret)
+        logger.error("after the run: https://u:pw@host/x")
+    finally:
+        logger.removeHandler(handler)
+    assert not any(secret in line for line in stream_lines), stream_lines
+    assert "failed with **********" in stream_lines[0] and "bad value **********" in stream_lines[0]
+    assert stream_lines[1].endswith("https://u:***@host/x")  # URL passwords, always
+
+
+# -- deployment runs: references, and secrets in clear refused ----------------------------------------
+REFERENCED = """\
+name: referenced
+parameters:
+  - name: api_token
+    required: true
+  - name: proof
+    required: true
+steps:
+  - name: use
+    command: |
+      echo "token {{ .api_token }}"
+      printf '%s' {{ .api_token }} > {{ .proof }}
+"""
+
+
+def _flow_run(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+@pytest.mark.usefixtures("prefect_api", "home")
+def test_a_secret_in_clear_in_the_flow_run_parameters_is_refused_and_taken_out(tmp_path, write_workflow):
+    from flows.workflow.run import run_workflow
+
+    proof, token = tmp_path / "proof", unique("clear-")
+    path = write_workflow(REFERENCED)
+    # what a deployment run given a literal gets: plain JSON in the stored parameters
+    state = run_workflow(
+        path=str(path), parameters={"api_token": token, "proof": str(proof)}, return_state=True
+    )
+    assert state.is_failed() and not proof.exists()
+    assert "came in clear" in state.message and "env:NAME" in state.message
+    stored = _flow_run(state.state_details.flow_run_id).parameters
+    assert stored["parameters"] == {"api_token": "**********", "proof": str(proof)}
+
+
+@pytest.mark.usefixtures("prefect_api", "home")
+def test_references_are_resolved_inside_the_run_and_stored_as_references(
+    tmp_path, write_workflow, monkeypatch
+):
+    from prefect.blocks.system import Secret
+
+    from flows.records.db import session
+    from flows.records.workflows import get_run
+    from flows.workflow.run import run_workflow
+
+    path = write_workflow(REFERENCED)
+    from_env, from_block = unique("env-"), unique("block-")
+    monkeypatch.setenv("OPSFLOW_TEST_API_TOKEN_REF", from_env)
+    block = f"opsflow-test-{random_secrets.token_hex(4)}"
+    Secret(value=from_block).save(block)
+    for ref, expected in [("env:OPSFLOW_TEST_API_TOKEN_REF", from_env), (f"block:{block}", from_block)]:
+        proof = tmp_path / f"proof-{expected}"
+        state = run_workflow(
+            path=str(path), parameters={"api_token": ref, "proof": str(proof)}, return_state=True
+        )
+        assert state.is_completed(), state.message
+        assert proof.read_text() == expected
+        run_id = state.state_details.flow_run_id
+        assert _flow_run(run_id).parameters["parameters"]["api_token"] == ref
+        with session() as db:
+            assert (
+                json.loads(get_run(db, str(run_id)).parameters)["api_token"] == ref
+            )  # resume resolves it again
+    monkeypatch.delenv("OPSFLOW_TEST_UNSET_VAR", raising=False)
+    state = run_workflow(
+        path=str(path),
+        parameters={"api_token": "env:OPSFLOW_TEST_UNSET_VAR", "proof": "x"},
+        return_state=True,
+    )
+    assert state.is_failed() and "environment variable OPSFLOW_TEST_UNSET_VAR" in state.message
+
+
+@pytest.mark.usefixtures("prefect_api", "home")
+def test_trigger_and_schedule_refuse_secrets_in_clear(tmp_path, write_workflow, capsys):
+    from prefect.client.orchestration import get_client
+
+    from flows.files.flow import process_files
+    from flows.schedule import validate_workflow
+    from flows.workflow.run import run_workflow
+
+    path = write_workflow(REFERENCED)
+    suffix = random_secrets.token_hex(4)
+    workflow_dep = run_workflow.to_deployment(name=f"secrets-{suffix}", parameters={"path": str(path)})
+    files_dep = process_files.to_deployment(name=f"secrets-{suffix}")
+    ids = [workflow_dep.apply(), files_dep.apply()]
+    token = unique("clear-")
+    refused = [
+        (
+            "run-workflow",
+            ["--param", json.dumps({"api_token": token, "proof": "p"}).join(["parameters=", ""])],
+        ),
+        (
+            "process-files",
+            ["--param", "inputs=[]", "--param", "processor=cat", "--param", f"notify=json://u:{token}@h/"],
+        ),
+        (
+            "process-files",
+            ["--param", "inputs=[]", "--param", f"processor=curl https://u:{token}@h/ -o {{output}}"],
+        ),
+    ]
+    for flow_name, args in refused:
+        assert cli("trigger", f"{flow_name}/secrets-{suffix}", *args) == 3
+        err = capsys.readouterr().err
+        assert "secret in clear" in err and token not in err, err
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        created = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)))
+    assert created == []  # refused before any run existed
+    # a reference or a channel name is what to give instead
+    ok = json.dumps({"api_token": "env:API_TOKEN", "proof": "p"}).join(["parameters=", ""])
+    assert cli("trigger", f"run-workflow/secrets-{suffix}", "--param", ok) == 0
+    assert (
+        cli(
+            "trigger",
+            f"process-files/secrets-{suffix}",
+            "--param",
+            "inputs=[]",
+            "--param",
+            "processor=cat",
+            "--param",
+            "notify=ops",
+        )
+        == 0
+    )
+    with pytest.raises(Exception, match="api_token.*stored in clear"):
+        validate_workflow(path, [f"api_token={token}", "proof=p"], None)
+    assert validate_workflow(path, ["api_token=env:NOT_SET_HERE", "proof=p"], None)[0] == "referenced"
+
+
+# -- resume, when a step captured a secret ---------------------------------------------------------------
+RESUMABLE = """\
+name: resumable
+parameters:
+  - name: api_token
+    required: true
+steps:
+  - name: fetch
+    command: |
+      cat {here}/token
+      echo fetched >> {here}/fetches
+    capture_output: db_token
+  - name: use
+    command: |
+      test -e {here}/go
+      printf '%s %s' {{{{ .api_token }}}} {{{{ .outputs.db_token }}}} > {here}/proof
+"""
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_resume_runs_a_step_again_whose_output_was_a_secret(tmp_path, home, sqlite_url, capfd):  # noqa: F811
+    here = tmp_path / "inputs"
+    here.mkdir()
+    token, captured = unique("tok-"), unique("captured-")
+    (here / "token").write_text(captured + "\n")
+    path = here / "resumable.yaml"
+    path.write_text(RESUMABLE.format(here=here))
+    assert cli("run", str(path), "--set", f"api_token={token}", "--json") == 1  # `use` fails: no `go`
+    run_id = json.loads(capfd.readouterr().out)["workflow_id"]
+    assert cli("resume", run_id) == 3  # the token was never recorded: it must be given again
+    assert "api_token" in capfd.readouterr().err
+    (here / "go").touch()
+    assert cli("resume", run_id, "--set", f"api_token={token}", "--json") == 0
+    resumed = json.loads(capfd.readouterr().out)
+    # the secret output was not recorded, so `fetch` ran again and `use` got the real value
+    assert (here / "fetches").read_text().splitlines() == ["fetched", "fetched"]
+    assert (here / "proof").read_text() == f"{token} {captured}"
+    assert [s["state"] for s in resumed["steps"]] == ["Completed", "Completed"]
+    assert cli("show", resumed["workflow_id"], "--json") == 0
+    shown = json.loads(capfd.readouterr().out)
+    assert [s["output"] for s in shown["steps"] if s["step"] == "fetch"] == ["**********"]
+    places = everything(capfd, home, sqlite_url, [run_id, resumed["workflow_id"]])
+    found = leaks({"api_token": token, "captured db_token": captured}, places)
+    assert not found, "secret values found:\n" + "\n".join(found)
