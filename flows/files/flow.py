@@ -65,7 +65,7 @@ def process_files(
     timeout: float | None = 300.0,
     chunk_size: int | None = None,
     name: str = "files",
-    notify: SecretStr | str | None = None,
+    notify: str | SecretStr | None = None,  # str first: text in clear stays text, to be refused
     fail_fast: bool = False,
     deployment: str = "files-chunk/files-chunk",
     roots: list[str] | None = None,

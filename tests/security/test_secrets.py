@@ -457,6 +457,21 @@ def test_a_secret_in_clear_in_the_flow_run_parameters_is_refused_and_taken_out(t
     assert "came in clear" in state.message and "env:NAME" in state.message
     stored = _flow_run(state.state_details.flow_run_id).parameters
     assert stored["parameters"] == {"api_token": "**********", "proof": str(proof)}
+    # a batch given a notification URL in clear, likewise
+    from flows.files.flow import process_files
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a\n")
+    state = process_files(
+        inputs=[str(tmp_path / "in")],
+        processor="cp {input} {output}",
+        output=str(tmp_path / "out"),
+        notify=f"json://ops:{token}@127.0.0.1:9/hook",
+        return_state=True,
+    )
+    assert state.is_failed() and "`notify` came in clear" in state.message
+    assert not (tmp_path / "out").exists()
+    assert _flow_run(state.state_details.flow_run_id).parameters["notify"] == "**********"
 
 
 @pytest.mark.usefixtures("prefect_api", "home")
@@ -597,4 +612,46 @@ def test_resume_runs_a_step_again_whose_output_was_a_secret(tmp_path, home, sqli
     assert [s["output"] for s in shown["steps"] if s["step"] == "fetch"] == ["**********"]
     places = everything(capfd, home, sqlite_url, [run_id, resumed["workflow_id"]])
     found = leaks({"api_token": token, "captured db_token": captured}, places)
+    assert not found, "secret values found:\n" + "\n".join(found)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_webhook_callback_url_never_reaches_the_flow_run_parameters(tmp_path, home, sqlite_url, capfd):  # noqa: F811
+    import threading
+
+    from flows.files.webhook import IntakeConfig, make_server
+    from tests.files.test_webhook import SECRET, body, post, signature, wait_for_callback
+
+    root = tmp_path / "incoming"
+    root.mkdir()
+    (root / "a.txt").write_text("hello\n")
+    config = IntakeConfig(
+        secret=SECRET, roots=(root.resolve(),), processor="cp {input} {output}", output=str(tmp_path / "out")
+    )
+    server = make_server(config, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    receiver, token = Receiver(), unique("cb-")
+    event_id = f"evt-{random_secrets.token_hex(4)}"
+    try:
+        raw = body(
+            event_type="file_uploaded",
+            id=event_id,
+            file_path="a.txt",
+            callback_url=f"http://127.0.0.1:{receiver.port}/hook?token={token}",
+        )
+        status, _ = post(f"http://127.0.0.1:{server.server_port}/webhook", raw, signature(SECRET, raw))
+        assert status == 202
+        assert wait_for_callback(receiver)["status"] == "completed"
+    finally:
+        receiver.close()
+        server.shutdown()
+        server.server_close()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        named = FlowRunFilter(name=FlowRunFilterName(any_=[f"webhook-{event_id}"]))
+        runs = client.read_flow_runs(flow_run_filter=named)
+    assert [r.parameters["callback_url"] for r in runs] == ["**********"]
+    found = leaks({"callback token": token}, everything(capfd, home, sqlite_url, [str(r.id) for r in runs]))
     assert not found, "secret values found:\n" + "\n".join(found)
