@@ -154,14 +154,17 @@ class MaskingFilter(logging.Filter):
     """Masks a record's message (and traceback) before a handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _active and not getattr(record, "_opsflow_masked", False):
+        if getattr(record, "_opsflow_masked", False):
+            return True  # the record went through another handler's filter already
+        try:
             message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string is the handler's to report
+            return True
+        if not _active:  # between runs: passwords inside URLs only
             if "://" in message:
                 record.msg, record.args = scrub_text(message), None
             return True
-        if getattr(record, "_opsflow_masked", False):
-            return True
-        record.msg, record.args = mask(record.getMessage()), None
+        record.msg, record.args = mask(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = mask(logging.Formatter().formatException(record.exc_info))
         record._opsflow_masked = True

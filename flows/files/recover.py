@@ -23,8 +23,10 @@ from flows.files.chunks import options_key, processor_for
 from flows.files.discover import InputFile
 from flows.files.report import advance
 from flows.files.work import FileOutcome, attempt, fingerprint
+from flows.masking import Masker, environment_secrets, masking
 from flows.records import files as store
 from flows.records.db import records_failure, session
+from flows.secrets import refuse_plain_secrets, scrub_text
 
 
 class StillFailing(Exception):
@@ -193,8 +195,15 @@ def reprocess_dead_letters(
     ids: list[int] | None = None, processor: str | None = None, timeout: float | None = 300.0
 ) -> State:
     """Try the dead-letter queue's files again (all, or `ids`), with their processor or `processor`."""
+    with masking(Masker(environment_secrets())):  # the environment's secrets out of errors and logs
+        return _reprocess(ids, processor, timeout)
+
+
+def _reprocess(ids: list[int] | None, processor: str | None, timeout: float | None) -> State:
     if processor is not None:
         try:
+            # a password inside a URL reached the flow run's parameters: out of them, and refused
+            refuse_plain_secrets(["processor"] if scrub_text(processor) != processor else [], where="")
             processor_for(processor)
         except OpsflowError as err:
             return Failed(message=str(err), data=err)

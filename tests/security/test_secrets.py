@@ -72,13 +72,15 @@ def _sqlite_tables(path: Path) -> dict[str, str]:
 
 def _wait_for_final_event(run_id: str) -> None:
     """The server persists events in batches: wait until the run's final state event is in."""
+    query = "SELECT count(*) FROM events WHERE resource_id = ? AND event IN (?, ?)"
+    final = (f"prefect.flow-run.{run_id}", "prefect.flow-run.Completed", "prefect.flow-run.Failed")
 
     def arrived() -> bool:
-        events = _sqlite_tables(_prefect_db_path()).get("events", "")
-        return any(
-            run_id in line and any(f"prefect.flow-run.{s}" in line for s in ("Completed", "Failed"))
-            for line in events.splitlines()
-        )
+        db = sqlite3.connect(f"file:{_prefect_db_path()}?mode=ro", uri=True)
+        try:
+            return db.execute(query, final).fetchone()[0] > 0
+        finally:
+            db.close()
 
     wait_for(arrived, 90, step=0.5)
 
