@@ -131,13 +131,13 @@ def _run(
     logger = get_run_logger()
     mask = mask or Masker()
     loaded = load_workflow(path)
-    given = {k: v if isinstance(v, str | SecretStr) else _as_text(v) for k, v in (parameters or {}).items()}
-    analysis = analyse(loaded, given)
-    graph = analysis.graph
-    workflow_id = str(current_flow_run.id or "local")
     parameters = parameters or {}
     # A secret in clear in the parameters is in Prefect's database: take it out, refuse the run.
     refuse_plain_secrets(plain_secrets(parameters, secret_names(loaded, parameters).__contains__))
+    given = {k: v if isinstance(v, str | SecretStr) else _as_text(v) for k, v in parameters.items()}
+    analysis = analyse(loaded, given)
+    graph = analysis.graph
+    workflow_id = str(current_flow_run.id or "local")
     bound = bind(
         loaded,
         given,
