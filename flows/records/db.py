@@ -35,6 +35,7 @@ from flows.records import breakers as _breakers  # noqa: F401
 from flows.records import locks as _locks  # noqa: F401
 from flows.records import models as _models  # noqa: F401
 from flows.records import procedures as _procedures  # noqa: F401
+from flows.records import webhooks as _webhooks  # noqa: F401
 from flows.records import workflows as _workflows  # noqa: F401
 
 #: Key of the PostgreSQL advisory lock that serialises table creation across processes.
