@@ -73,6 +73,12 @@ def output_path(file: InputFile, processor: Processor, output_dir: Path | None) 
     return output_dir / file.relative.parent / processor.output_name(file.path)
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    """`path`, its links resolved (also those of parts still to be created), is in `directory`."""
+    real, top = path.resolve(), directory.resolve()
+    return real == top or top in real.parents
+
+
 def _temporaries(output: Output) -> list[Path]:
     """Files the processor made from the temporary name (side reports excluded)."""
     try:
@@ -110,6 +116,18 @@ def attempt(
     clock = time.monotonic()
     final = output_path(file, processor, output_dir)
     output = None
+    if final is not None and output_dir is not None and not _inside(final.parent, output_dir):
+        # A link inside the output directory must not carry the output, or the folders made
+        # for it, anywhere else.
+        return FileOutcome(
+            input_path=str(file.path),
+            fingerprint=print_,
+            status="failed",
+            attempts=attempts,
+            error=f"{final.parent} leads outside the output directory {output_dir}",
+            started_at=started,
+            completed_at=datetime.now(UTC),
+        )
     if final is not None:
         final.parent.mkdir(parents=True, exist_ok=True)
         output = Output(final.with_name(f".opsflow-{secrets.token_hex(4)}-{final.name}"), final)
