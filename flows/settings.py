@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -28,6 +28,18 @@ class Settings(BaseSettings):
         description="Where `monitoring.log_aggregation` writes each run's JSON lines "
         "(default OPSFLOW_HOME/logs/aggregate).",
     )
+    webhook_callback_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts, addresses or networks a webhook event's callback_url may name, "
+        "comma-separated (added to `files serve --callback-host`).",
+    )
+
+    @field_validator("webhook_callback_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return (
+            [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+        )
 
 
 @lru_cache(maxsize=1)

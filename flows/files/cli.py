@@ -333,12 +333,44 @@ def serve(
         list[str] | None,
         typer.Option("--allow-host", help="Host url_submitted may download from (repeatable)."),
     ] = None,
+    callback_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--callback-host",
+            help="Host name, address or network (10.0.0.0/8) a callback_url may name (repeatable; "
+            "also OPSFLOW_WEBHOOK_CALLBACK_HOSTS). Loopback, private and link-local addresses only "
+            "when listed as addresses or networks.",
+        ),
+    ] = None,
     deployment: Annotated[
         str | None, typer.Option(help="Run batches as runs of this deployment (flow/deployment).")
     ] = None,
     secret_env: Annotated[
-        str, typer.Option(help="Environment variable holding the shared HMAC secret.")
-    ] = "OPSFLOW_WEBHOOK_SECRET",
+        list[str] | None,
+        typer.Option(
+            help="Environment variable holding the shared HMAC secret; repeat it to accept an old "
+            "secret too while senders rotate (the first is the current one; default OPSFLOW_WEBHOOK_SECRET).",
+            show_default=False,
+        ),
+    ] = None,
+    signature_tolerance: Annotated[
+        float, typer.Option(help="Seconds a signature's timestamp may differ from this clock.", min=1)
+    ] = 300.0,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 beyond).", min=1)] = 1024
+    * 1024,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds the whole body may take to arrive (408 beyond).", min=0.1)
+    ] = 30.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a connection may take to send a request's head (408, closed).", min=0.1),
+    ] = 10.0,
+    max_header_size: Annotated[
+        int, typer.Option(help="Largest request head in bytes (400/431 beyond).", min=1024)
+    ] = 16 * 1024,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at once; requests beyond get 503.", min=1)
+    ] = 100,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> int:
@@ -348,10 +380,12 @@ def serve(
     from flows.files.processors import parse_processor
 
     console = Console("webhook", verbose=verbose, quiet=quiet)
-    secret = os.environ.get(secret_env, "")
+    secret_names = secret_env or ["OPSFLOW_WEBHOOK_SECRET"]
+    secrets = [os.environ.get(name, "") for name in secret_names]
     try:
-        if len(secret) < 16:
-            raise ValidationError(f"{secret_env} must hold the shared secret (16 characters or more)")
+        for name, secret in zip(secret_names, secrets, strict=True):
+            if len(secret) < 16:
+                raise ValidationError(f"{name} must hold the shared secret (16 characters or more)")
         if any(not r.is_dir() for r in root):
             raise ValidationError(f"--root must be existing directories: {', '.join(str(r) for r in root)}")
         parse_processor(processor)
@@ -359,19 +393,33 @@ def serve(
         from flows.settings import get_settings
 
         settings = get_settings()
+        from flows.files.webhook_callback import CallbackHosts
+
+        callback_hosts = CallbackHosts.parse([*(callback_host or []), *settings.webhook_callback_hosts])
         ensure_api(settings.server, settings.server_port, console.info)
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
     from flows.files.webhook import IntakeConfig, make_server
+    from flows.files.webhook_http import HttpLimits
 
     config = IntakeConfig(
-        secret=secret.encode(),
+        secret=secrets[0].encode(),
+        previous_secrets=tuple(s.encode() for s in secrets[1:]),
         roots=tuple(r.resolve() for r in root),
         processor=processor,
         output=str(output.resolve()) if output else None,
         allow_hosts=frozenset(allow_host or []),
+        callback_hosts=frozenset(callback_hosts.entries()),
         deployment=deployment,
+        tolerance=signature_tolerance,
+        limits=HttpLimits(
+            max_body=max_body,
+            body_timeout=body_timeout,
+            header_timeout=header_timeout,
+            max_header_size=max_header_size,
+            max_connections=max_connections,
+        ),
     )
     try:
         server = make_server(config, host, port)
@@ -379,6 +427,8 @@ def serve(
         console.error(f"cannot listen on {host}:{port}: {exc.strerror}")
         return 4
     console.info(f"accepting signed events on http://{host}:{server.server_port}/webhook")
+    if not callback_hosts.entries():
+        console.info("no --callback-host: events that name a callback_url are refused")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -2,28 +2,34 @@
 
     python -m flows.batch files serve --root /srv/incoming -p 'cp {input} {output}' -o /srv/out
 
-POST /webhook with a JSON event and `X-Opsflow-Signature: sha256=<hex HMAC of the body>` made
-with the shared secret (`OPSFLOW_WEBHOOK_SECRET`). Events:
+POST /webhook with a JSON event and `X-Opsflow-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+"<t>.<body>">` made with the shared secret (`OPSFLOW_WEBHOOK_SECRET`; see webhook_signature.py).
+Events:
 - `file_uploaded` {file_path}: process that file;
 - `batch_request` {inputs: [...]}: process those files/directories;
 - `url_submitted` {source_url}: download it (hosts on the allow-list only) and process it.
-Every path must resolve inside an allowed root. The answer is 202 with the event id; the batch
-runs as a Prefect flow (a deployment run when `--deployment` is given), then its summary is
-POSTed to the event's `callback_url`, with retries and a timeout.
+Every path must resolve inside an allowed root, and the batch walks directories under the same
+roots, so a link out of a root is refused at any depth. An event id is accepted once (replays
+get 409, see flows/records/webhooks.py). The answer is 202 with the event id; the batch runs as a
+Prefect flow (a deployment run when `--deployment` is given), then its summary is POSTed to the
+event's `callback_url`, which must be on the callback allow-list (webhook_callback.py).
+The HTTP limits (sizes, timeouts, connections) are in webhook_http.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
+import os
+import re
+import tempfile
 import threading
+import time
 import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +37,29 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
+from flows.files.webhook_callback import CallbackHosts, check_callback, post_checked
+from flows.files.webhook_http import HttpLimits, LimitedServer, Rejected, read_body
+from flows.files.webhook_signature import (
+    DEFAULT_TOLERANCE,
+    HEADER,
+    SignatureRefused,
+    parse_header,
+    sign,
+    verify,
+)
 from flows.secrets import reveal
 
-MAX_BODY = 1024 * 1024
+__all__ = ["IntakeConfig", "Rejected", "download", "handle_event", "make_server", "parse_event", "signature"]
+
 MAX_DOWNLOAD = 100 * 1024 * 1024
 CALLBACK_TIMEOUT = 10.0
 EVENTS = ("file_uploaded", "batch_request", "url_submitted")
-
-
-class Rejected(Exception):
-    """An event that starts nothing; carries the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+#: What an event id may be: it names the download file and the flow run, so no separators, no
+#: leading dot, nothing a shell or a path would read specially.
+EVENT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+#: How long accepted event ids are remembered (at least twice the tolerance window, the longest a
+#: signed request can stay acceptable); a sender's retry of an event within it gets 409.
+REMEMBER_EVENTS = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -56,16 +71,32 @@ class IntakeConfig:
     allow_hosts: frozenset[str] = frozenset()
     deployment: str | None = None
     batch: dict[str, Any] = field(default_factory=dict)  # other process_files parameters
+    previous_secrets: tuple[bytes, ...] = ()  # still accepted while senders rotate to `secret`
+    callback_hosts: frozenset[str] = frozenset()  # names, addresses, networks (webhook_callback.py)
+    tolerance: float = DEFAULT_TOLERANCE  # seconds a signature's timestamp may differ from now
+    limits: HttpLimits = HttpLimits()
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        return (self.secret, *self.previous_secrets)
 
 
-def signature(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def signature(secret: bytes, body: bytes, timestamp: float | None = None) -> str:
+    """The `X-Opsflow-Signature` value a sender puts on `body` (timestamp: now)."""
+    return sign(secret, body, timestamp)
 
 
-def parse_event(config: IntakeConfig, body: bytes, signed: str | None) -> dict[str, Any]:
-    """Check signature, shape and paths; the event's inputs as absolute paths. Pure."""
-    if not signed or not hmac.compare_digest(signed.strip(), signature(config.secret, body)):
-        raise Rejected(401, "missing or wrong X-Opsflow-Signature")
+def parse_event(
+    config: IntakeConfig, body: bytes, signed: str | None, now: float | None = None
+) -> dict[str, Any]:
+    """Check signature, shape, id, paths and callback; the event's inputs as absolute paths.
+
+    No side effect but DNS lookups of the callback host."""
+    try:
+        header = parse_header(signed, tolerance=config.tolerance, now=now)
+        verify(header, config.secrets, body)
+    except SignatureRefused as exc:
+        raise Rejected(401, str(exc)) from None
     try:
         event = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -75,11 +106,18 @@ def parse_event(config: IntakeConfig, body: bytes, signed: str | None) -> dict[s
     kind = event.get("event_type")
     if kind not in EVENTS:
         raise Rejected(400, f"event_type must be one of {', '.join(EVENTS)}")
+    raw_id = event.get("id")
+    if raw_id is None:
+        # No id to remember: the signed message itself is, so the same request cannot run twice.
+        event_id = uuid.uuid4().hex
+        replay_key = "body:" + hashlib.sha256(f"{header.timestamp}.".encode() + body).hexdigest()
+    elif isinstance(raw_id, str) and EVENT_ID.fullmatch(raw_id):
+        event_id, replay_key = raw_id, "id:" + raw_id
+    else:
+        raise Rejected(400, "id must be 1 to 128 of A-Z a-z 0-9 . _ - and not start with a dot")
     callback = event.get("callback_url")
-    if callback is not None and (
-        not isinstance(callback, str) or urllib.parse.urlsplit(callback).scheme not in ("http", "https")
-    ):
-        raise Rejected(400, "callback_url must be an http(s) URL")
+    if callback is not None:
+        check_callback(callback, CallbackHosts.parse(config.callback_hosts))
     if kind == "file_uploaded":
         inputs = [_inside_roots(config, event.get("file_path"))]
     elif kind == "batch_request":
@@ -95,7 +133,7 @@ def parse_event(config: IntakeConfig, body: bytes, signed: str | None) -> dict[s
         if host not in config.allow_hosts:
             raise Rejected(403, f"host {host!r} is not on the allow-list")
         inputs = []
-    return {"id": str(event.get("id") or uuid.uuid4()), "kind": kind, "inputs": inputs, "event": event}
+    return {"id": event_id, "replay_key": replay_key, "kind": kind, "inputs": inputs, "event": event}
 
 
 def _inside_roots(config: IntakeConfig, raw: Any) -> str:
@@ -124,34 +162,47 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def download(config: IntakeConfig, url: str, event_id: str) -> str:
-    """Fetch an allow-listed URL into the first root's `incoming/` (size-capped, with a timeout)."""
-    target_dir = config.roots[0] / "incoming"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(urllib.parse.urlsplit(url).path).name or "download"
-    target = target_dir / f"{event_id[:12]}-{name}"
+    """Fetch an allow-listed URL into the first root's `incoming/` (size-capped, with a timeout).
+
+    The file is written under a temporary name in the resolved `incoming/` and renamed into
+    place, so neither the event id, the URL's file name, nor a link planted in `incoming/` can
+    make it land anywhere else."""
+    if not EVENT_ID.fullmatch(event_id):
+        raise Rejected(400, "the event id is not a safe file name")
+    root = config.roots[0].resolve()
+    folder = root / "incoming"
+    try:
+        folder.mkdir(exist_ok=True)
+        real = folder.resolve(strict=True)
+    except OSError as exc:
+        raise Rejected(403, f"cannot use {folder}: {exc.strerror}") from None
+    if real != root / "incoming" or not real.is_dir():
+        raise Rejected(403, f"{folder} must be a directory inside {root}, not a link out of it")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urllib.parse.urlsplit(url).path).name).lstrip(".")[:100]
+    target = real / f"{event_id}-{name or 'download'}"
+    if target.parent != real:
+        raise Rejected(400, "the download's file name is not a plain name")
     opener = urllib.request.build_opener(_AllowListRedirects(config.allow_hosts))
     with opener.open(url, timeout=30) as response:
         data = response.read(MAX_DOWNLOAD + 1)
     if len(data) > MAX_DOWNLOAD:
         raise Rejected(413, "the download is larger than 100 MiB")
-    target.write_bytes(data)
+    handle, temporary = tempfile.mkstemp(dir=real, prefix=".opsflow-download-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, target)  # replaces a link at `target` itself, never its destination
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return str(target)
 
 
 @task(name="callback", cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=[1, 2, 4])
-def post_callback(url: str, payload: dict[str, Any]) -> int:
-    """POST the result to the event's callback_url; Prefect retries it."""
-    import httpx
-
-    try:
-        response = httpx.post(url, json=payload, timeout=CALLBACK_TIMEOUT)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        # httpx's message quotes the URL, token included, and it would become the task run's
-        # state message in the Prefect API: say what failed without it.
-        status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
-        raise RuntimeError(f"callback to {urllib.parse.urlsplit(url).hostname} failed: {status}") from None
-    return response.status_code
+def post_callback(url: str, payload: dict[str, Any], callback_hosts: list[str]) -> int:
+    """POST the result to the event's callback_url (checked again, see webhook_callback.py);
+    Prefect retries it."""
+    return post_checked(url, payload, CallbackHosts.parse(callback_hosts), CALLBACK_TIMEOUT)
 
 
 @flow(name="webhook-event", flow_run_name="webhook-{event_id}", persist_result=False)
@@ -203,6 +254,9 @@ def _handle(
             "output": intake.output,
             "name": f"webhook-{kind}",
             **config.get("batch", {}),
+            # The batch walks directories under the same roots as `files run --root`: a link
+            # anywhere below a named folder that leads out of them fails the batch.
+            "roots": [str(r) for r in intake.roots],
         }
         if config.get("deployment"):
             from prefect.deployments import run_deployment
@@ -223,7 +277,7 @@ def _handle(
         "result": result if isinstance(result, dict) else {"error": str(result)},
     }
     if callback_url:
-        state = post_callback(callback_url, payload, return_state=True)
+        state = post_callback(callback_url, payload, config.get("callback_hosts", []), return_state=True)
         if not state.is_completed():
             logger.warning(f"callback to {urllib.parse.urlsplit(callback_url).hostname} failed after retries")
     return payload
@@ -233,64 +287,98 @@ def _secret(url: Any) -> SecretStr | None:
     return SecretStr(url) if isinstance(url, str) else None
 
 
-def make_server(config: IntakeConfig, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded HTTP server whose POST /webhook checks the event and starts its batch."""
+def _first_delivery(key: str, tolerance: float) -> bool:
+    from flows.errors import OpsflowError
+    from flows.records.db import session
+    from flows.records.webhooks import remember_event
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            try:
-                if self.path.rstrip("/") != "/webhook":
-                    raise Rejected(404, "POST events to /webhook")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    self._discard(length)  # so the client reads the answer instead of a broken pipe
-                    raise Rejected(413, f"the body is larger than {MAX_BODY // 1024} KiB")
-                accepted = parse_event(
-                    config, self.rfile.read(length), self.headers.get("X-Opsflow-Signature")
-                )
-            except Rejected as exc:
-                self._answer(exc.status, {"accepted": False, "error": str(exc)})
-                return
-            except ValueError:
-                self._answer(400, {"accepted": False, "error": "bad Content-Length"})
-                return
-            event = accepted["event"]
-            kwargs = {
-                "event_id": accepted["id"],
-                "kind": accepted["kind"],
-                "inputs": accepted["inputs"],
-                "source_url": _secret(event.get("source_url")),
-                "callback_url": _secret(event.get("callback_url")),
-                "config": {
-                    "roots": [str(r) for r in config.roots],
-                    "processor": config.processor,
-                    "output": config.output,
-                    "allow_hosts": sorted(config.allow_hosts),
-                    "deployment": config.deployment,
-                    "batch": config.batch,
-                },
-            }
-            threading.Thread(target=handle_event, kwargs=kwargs, daemon=True).start()
-            self._answer(202, {"accepted": True, "id": accepted["id"]})
+    try:
+        with session() as db:
+            return remember_event(db, key, keep=max(REMEMBER_EVENTS, timedelta(seconds=2 * tolerance)))
+    except OpsflowError:
+        # Without the records there is no replay check: refuse rather than maybe run twice.
+        raise Rejected(503, "the records database is unreachable; try again later") from None
 
-        def _discard(self, length: int) -> None:
-            left = min(length, 16 * MAX_BODY)
-            while left > 0 and (chunk := self.rfile.read(min(left, 65536))):
-                left -= len(chunk)
-            if length > 16 * MAX_BODY:
-                self.close_connection = True
 
-        def _answer(self, status: int, data: dict[str, Any]) -> None:
-            body = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def _run_arguments(config: IntakeConfig, accepted: dict[str, Any]) -> dict[str, Any]:
+    event = accepted["event"]
+    return {
+        "event_id": accepted["id"],
+        "kind": accepted["kind"],
+        "inputs": accepted["inputs"],
+        "source_url": _secret(event.get("source_url")),
+        "callback_url": _secret(event.get("callback_url")),
+        "config": {
+            "roots": [str(r) for r in config.roots],
+            "processor": config.processor,
+            "output": config.output,
+            "allow_hosts": sorted(config.allow_hosts),
+            "callback_hosts": sorted(config.callback_hosts),
+            "deployment": config.deployment,
+            "batch": config.batch,
+        },
+    }
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            from flows.console import Console
 
-            Console("webhook").info(fmt % args)
+def make_app(config: IntakeConfig) -> Any:
+    """The ASGI app: POST /webhook checks the event in order of cost and starts its batch."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
-    return ThreadingHTTPServer((host, port), Handler)
+    from flows.console import Console
+
+    console = Console("webhook")
+
+    async def receive_event(request: Request) -> JSONResponse:
+        now = time.time()
+        try:
+            try:  # the signature's form and age first: an unsigned or stale request costs no body
+                parse_header(request.headers.get(HEADER), tolerance=config.tolerance, now=now)
+            except SignatureRefused as exc:
+                raise Rejected(401, str(exc)) from None
+            body = await read_body(request, config.limits)
+            accepted = await run_in_threadpool(parse_event, config, body, request.headers.get(HEADER), now)
+            if not await run_in_threadpool(_first_delivery, accepted["replay_key"], config.tolerance):
+                raise Rejected(409, f"event {accepted['id']!r} was already received")
+        except Rejected as exc:
+            console.warning(f"POST /webhook from {_client(request)}: {exc.status} {exc}")
+            # Closed after a refusal: whatever the client still sends is never read.
+            return JSONResponse(
+                {"accepted": False, "error": str(exc)},
+                status_code=exc.status,
+                headers={"Connection": "close"},
+            )
+        threading.Thread(
+            target=handle_event,
+            kwargs=_run_arguments(config, accepted),
+            name=f"webhook-{accepted['id']}",
+            daemon=True,
+        ).start()
+        console.info(f"POST /webhook from {_client(request)}: 202 {accepted['kind']} {accepted['id']}")
+        return JSONResponse({"accepted": True, "id": accepted["id"]}, status_code=202)
+
+    async def elsewhere(request: Request, exc: Exception) -> JSONResponse:
+        status = getattr(exc, "status_code", 404)
+        return JSONResponse(
+            {"accepted": False, "error": "POST events to /webhook"},
+            status_code=status,
+            headers={"Connection": "close"},
+        )
+
+    return Starlette(
+        routes=[Route("/webhook", receive_event, methods=["POST"])],
+        exception_handlers={404: elsewhere, 405: elsewhere},
+    )
+
+
+def _client(request: Any) -> str:
+    return request.client.host if request.client else "?"
+
+
+def make_server(config: IntakeConfig, host: str, port: int) -> LimitedServer:
+    """The intake on `host:port` (bound now; port 0 picks one): `serve_forever()` in any thread,
+    `shutdown()` from another, `server_close()` at the end."""
+    return LimitedServer(make_app(config), host, port, config.limits)

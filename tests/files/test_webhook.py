@@ -31,6 +31,7 @@ def config(tmp_path):
         processor="cp {input} {output}",
         output=str(tmp_path / "out"),
         allow_hosts=frozenset({"127.0.0.1"}),
+        callback_hosts=frozenset({"127.0.0.1"}),  # the receivers below listen on loopback
     )
 
 
@@ -51,6 +52,13 @@ def body(**event) -> bytes:
         ({"event_type": "url_submitted", "source_url": "https://evil.example/x"}, True, 403),
         ({"event_type": "url_submitted", "source_url": "file:///etc/passwd"}, True, 400),
         ({"event_type": "file_uploaded", "file_path": "a.txt", "callback_url": "ftp://x"}, True, 400),
+        (
+            {"event_type": "file_uploaded", "file_path": "a.txt", "callback_url": "http://10.0.0.1/"},
+            True,
+            400,
+        ),
+        ({"event_type": "file_uploaded", "file_path": "a.txt", "id": 7}, True, 400),
+        ({"event_type": "file_uploaded", "file_path": "a.txt", "id": "a" * 129}, True, 400),
     ],
 )
 def test_rejected_events(config, event, signed, status):
@@ -59,6 +67,34 @@ def test_rejected_events(config, event, signed, status):
     with pytest.raises(Rejected) as info:
         parse_event(config, raw, header)
     assert info.value.status == status
+
+
+def test_the_signature_is_checked_before_the_json(config):
+    """A bad signature on a body that is not even JSON is 401, not 400: nothing is parsed first."""
+    with pytest.raises(Rejected) as info:
+        parse_event(config, b"{not json", signature(b"another-secret-of-16+", b"{not json"))
+    assert info.value.status == 401
+
+
+def test_a_previous_secret_is_accepted_while_senders_rotate(config):
+    import dataclasses
+
+    rotating = dataclasses.replace(config, secret=b"new-secret-new-secret", previous_secrets=(SECRET,))
+    raw = body(event_type="file_uploaded", id="evt-rot", file_path="a.txt")
+    assert parse_event(rotating, raw, signature(SECRET, raw))["id"] == "evt-rot"
+    assert parse_event(rotating, raw, signature(b"new-secret-new-secret", raw))["id"] == "evt-rot"
+
+
+def test_an_event_without_id_gets_one_and_a_replay_key_from_its_signed_bytes(config):
+    raw = body(event_type="file_uploaded", file_path="a.txt")
+    header = signature(SECRET, raw, timestamp=1_800_000_000)
+    first = parse_event(config, raw, header, now=1_800_000_000)
+    again = parse_event(config, raw, header, now=1_800_000_000)
+    assert first["id"] != again["id"] and first["replay_key"] == again["replay_key"]
+    assert (
+        parse_event(config, raw, signature(SECRET, raw, 1_800_000_001), now=1_800_000_000)["replay_key"]
+        != (first["replay_key"])
+    )
 
 
 def test_malformed_json_is_400(config):
@@ -121,12 +157,17 @@ def test_signed_file_upload_runs_the_batch_and_calls_back(intake, config):
 
 def test_bad_requests_over_http_start_nothing(intake, config):
     raw = body(event_type="file_uploaded", file_path="a.txt")
-    assert post(intake, raw, None)[0] == 401
+    assert post(intake, raw, None) == (
+        401,
+        {"accepted": False, "error": "missing X-Opsflow-Signature header"},
+    )
     assert post(intake, raw, "sha256=" + "0" * 64)[0] == 401
+    assert post(intake, raw, signature(SECRET, raw + b" "))[1]["error"] == "signature does not match the body"
     big = b"x" * (1024 * 1024 + 1)
     assert post(intake, big, signature(SECRET, big))[0] == 413
     outside = body(event_type="batch_request", inputs=["/etc"])
     assert post(intake, outside, signature(SECRET, outside))[0] == 403
+    assert post(intake.replace("/webhook", "/other"), raw, signature(SECRET, raw))[0] == 404
     time.sleep(1)
     assert not Path(config.output).exists()
 
