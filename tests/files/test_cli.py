@@ -76,6 +76,11 @@ def test_files_commands(tmp_path):
         (["dlq", "show", "999999"], 3, "no dead-letter item"),
         (["serve", "--root", ".", "-p", "cat {input}"], 3, "must hold the shared secret"),
         (
+            ["serve", "--root", ".", "-p", "cat {input}", "--secret-env", "OPSFLOW_TEST_UNSET_SECRET"],
+            3,
+            "OPSFLOW_TEST_UNSET_SECRET must hold the shared secret",
+        ),
+        (
             ["run", "tests", "--root", "/tmp/nowhere-else", "-p", "cat {input}"],
             5,
             "outside the allowed roots",
@@ -109,3 +114,71 @@ def test_config_file_with_environment_overrides(tmp_path):
     assert str(tmp_path / "x" / "a.txt") in cli_wins.stdout
     lonely = opsflow("run", str(src), "-e", "production", "--dry-run", env=env)
     assert lonely.returncode == 3 and "give --config too" in lonely.stderr
+
+
+def test_serve_applies_its_options(tmp_path):
+    """`files serve` in its own process: limits, tolerance, rotated secrets and the callback
+    allow-list from the environment all reach the running intake; Ctrl-C stops it with 0."""
+    import signal
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from flows.files.webhook import signature
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = tmp_path / "root"
+    root.mkdir()
+    env = dict(
+        os.environ,
+        OPSFLOW_HOME=str(tmp_path / "home"),
+        NEW_SECRET="new-secret-new-secret",
+        OLD_SECRET="old-secret-old-secret",
+        OPSFLOW_WEBHOOK_CALLBACK_HOSTS="127.0.0.1",
+    )
+    env.pop("OPSFLOW_DATABASE_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.batch", "files", "serve", "--root", str(root), "-p", "cat {input}",
+         "--port", str(port), "--secret-env", "NEW_SECRET", "--secret-env", "OLD_SECRET",
+         "--max-body", "512", "--signature-tolerance", "5"],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+
+    def post(raw: bytes, header: str) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhook", data=raw, headers={"X-Opsflow-Signature": header}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        for line in server.stderr:
+            if "accepting signed events" in line:
+                break
+        old = b"old-secret-old-secret"
+        big = b"x" * 600
+        assert post(big, signature(old, big))[0] == 413
+        stale = b"{}"
+        assert post(stale, signature(old, stale, time.time() - 60))[0] == 401
+        elsewhere = json.dumps(
+            {"event_type": "file_uploaded", "file_path": "a.txt", "callback_url": "http://10.0.0.1/"}
+        ).encode()
+        assert post(elsewhere, signature(old, elsewhere))[0] == 400
+        listed = json.dumps(
+            {"event_type": "file_uploaded", "file_path": "a.txt", "callback_url": "http://127.0.0.1:9/"}
+        ).encode()
+        assert post(listed, signature(old, listed)) == (
+            404,
+            {"accepted": False, "error": "'a.txt' does not exist"},
+        )
+    finally:
+        server.send_signal(signal.SIGINT)
+        rest = server.communicate(timeout=60)[1]
+    assert server.returncode == 0, rest[-1500:]
+    assert "Traceback" not in rest
