@@ -3,12 +3,14 @@
 - request head: at most `max_header_size` bytes (400 from h11 while it arrives, 431 when it came
   whole in one read) and complete within `header_timeout` seconds of the connection opening, or
   of its first byte on a kept-alive connection (else 408 and closed). uvicorn has no such timeout of its own (its
-  keep-alive timer only runs between requests), so `_HeadDeadlineProtocol` adds it to uvicorn's
+  keep-alive timer only runs between requests), so `_GuardedH11Protocol` adds it to uvicorn's
   h11 protocol; a reverse proxy in front remains the stronger guard on an open network.
 - body: at most `max_body` bytes, counted as they arrive whatever the headers claim (a
   Content-Length over the cap is refused before reading; a negative or malformed one is refused by
-  h11 with 400; chunked bodies are counted chunk by chunk), else 413 and the connection is closed
-  without reading the rest; complete within `body_timeout` seconds, else 408.
+  h11 with 400; chunked bodies are counted chunk by chunk), else 413; complete within
+  `body_timeout` seconds, else 408. After a refusal the rest of the body is never parsed nor
+  kept: the connection discards what still arrives for at most `LINGER` seconds, so the client
+  can read the answer, then closes.
 - connections: at most `max_connections` open at once (uvicorn's limit_concurrency), beyond
   that requests get 503.
 """
@@ -70,17 +72,63 @@ def _size(count: int) -> str:
     return f"{count // (1024 * 1024)} MiB" if count % (1024 * 1024) == 0 else f"{count} bytes"
 
 
-class _HeadDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on each request head (set on the subclass)."""
+class _LingeringTransport:
+    """A connection's transport whose close, while the client may still be sending a body the
+    server refused to read, first discards incoming bytes for a moment (`LINGER` seconds).
+
+    Closing a socket with unread bytes makes the kernel send a reset, and a reset can destroy the
+    answer (a 413 or 401) before the client reads it; so the answer is sent, the sending side
+    shut, and whatever still arrives is thrown away until the client closes or the time is up, as
+    nginx's lingering close does. Nothing read while lingering is kept.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: _GuardedH11Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+
+    def close(self) -> None:
+        transport = self._transport
+        if self.lingering or transport.is_closing():
+            return
+        if self._protocol.conn.their_state not in (h11.SEND_BODY, h11.ERROR):
+            transport.close()  # the request was read to its end: nothing to drain
+            return
+        self.lingering = True
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()  # after the answer still buffered, the client sees the end
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        transport.resume_reading()
+        self._protocol.loop.call_later(LINGER, transport.close)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+#: Seconds a refused request's connection goes on discarding what the client still sends.
+LINGER = 2.0
+
+
+class _GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request head (set on the subclass) and a
+    lingering close (`_LingeringTransport`)."""
 
     head_timeout: float = 10.0
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
+        if getattr(self.transport, "lingering", False):
+            return  # refused and closing: discarded, never parsed nor buffered
         super().data_received(data)
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             # A head has started on a kept-alive connection (uvicorn just stopped its keep-alive
@@ -205,9 +253,7 @@ class LimitedServer:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         self.socket = socket.create_server((host, port), family=family, backlog=2048)
         self.server_port: int = self.socket.getsockname()[1]
-        protocol = type(
-            "HeadDeadlineProtocol", (_HeadDeadlineProtocol,), {"head_timeout": limits.header_timeout}
-        )
+        protocol = type("GuardedH11Protocol", (_GuardedH11Protocol,), {"head_timeout": limits.header_timeout})
         _route_uvicorn_log()
         self.server = uvicorn.Server(
             uvicorn.Config(

@@ -220,3 +220,21 @@ def test_a_redirect_cannot_leave_the_allow_list(config, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_sender_that_writes_its_whole_oversized_body_first_still_reads_the_413(intake):
+    """The refused body is drained for a moment before the close, so no reset eats the answer."""
+    import socket
+    import urllib.parse
+
+    port = urllib.parse.urlsplit(intake).port
+    big = b"x" * (4 * 1024 * 1024)
+    head = (
+        f"POST /webhook HTTP/1.1\r\nHost: intake\r\nContent-Length: {len(big)}\r\n"
+        f"X-Opsflow-Signature: {signature(SECRET, big)}\r\n\r\n"
+    ).encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+            conn.sendall(head + big)  # everything first, as simple clients do
+            answer = conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 ")
