@@ -629,7 +629,11 @@ def test_a_webhook_callback_url_never_reaches_the_flow_run_parameters(tmp_path, 
     root.mkdir()
     (root / "a.txt").write_text("hello\n")
     config = IntakeConfig(
-        secret=SECRET, roots=(root.resolve(),), processor="cp {input} {output}", output=str(tmp_path / "out")
+        secret=SECRET,
+        roots=(root.resolve(),),
+        processor="cp {input} {output}",
+        output=str(tmp_path / "out"),
+        callback_hosts=frozenset({"127.0.0.1"}),  # the receiver listens on loopback
     )
     server = make_server(config, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
