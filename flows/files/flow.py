@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -22,7 +23,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
-from flows.errors import ConnectionFailure, OpsflowError, ValidationError
+from flows import children
+from flows.errors import ConnectionFailure, DependencyError, OpsflowError, ValidationError
 from flows.files import interrupted
 from flows.files.chunks import (
     ChunkResult,
@@ -43,6 +45,7 @@ from flows.records.liveness import this_process
 from flows.secrets import refuse_plain_secrets, scrub_text
 
 THREADS = 32
+REAPER_WAIT_SECONDS = 30.0
 
 
 @flow(
@@ -175,6 +178,7 @@ def _process(
     announce_total(total)
     size = chunk_size or chunk_size_for(total, workers)
     options = options_key(processor, fallbacks, output)
+    _await_killed_runs(logger)
     if output:
         _remove_stale_temporaries(Path(output))
     started = time.monotonic()
@@ -278,6 +282,21 @@ def _process(
     if counts["dead_lettered"]:
         return Failed(message=f"{counts['dead_lettered']} file(s) in the dead-letter queue", data=summary)
     return Completed(message=f"{counts['processed']} processed, {counts['skipped']} unchanged", data=summary)
+
+
+def _await_killed_runs(logger: Any) -> None:
+    """A batch killed a moment ago may still have processors running until its guardian has
+    stopped them (children.py): starting now would process their files a second time, and
+    remove the temporaries they are still writing."""
+    reapers = children.reapers()
+    if not reapers:
+        return
+    logger.warning("waiting for the processors of a killed run to be stopped")
+    left = children.wait_for_reapers(REAPER_WAIT_SECONDS)
+    if left:
+        raise DependencyError(
+            f"the commands of a killed opsflow run are still being stopped (process {left[0]}) — try again"
+        )
 
 
 def _remove_stale_temporaries(output: Path) -> None:

@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from flows import children
 from flows.errors import ConnectionFailure, DependencyError, OpsflowError, PermissionFailure, ValidationError
 
 # SQLSTATE classes of a server that cannot be reached or refuses us.
@@ -165,30 +165,19 @@ def tool(name: str) -> str:
     return path
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when opsflow dies (even by SIGKILL), so a killed
-    backup or restore never leaves a client program running on. Linux only; elsewhere a no-op."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def run_tool(
     target: Target, argv: list[str], *, timeout: float | None = None, stdin: Any = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL client program in its own process group; killed with it on timeout."""
-    with subprocess.Popen(
+    """Run a PostgreSQL client program in its own process group; killed with it on timeout,
+    and when opsflow dies (even by SIGKILL), so a killed backup or restore never leaves a
+    client program running on."""
+    with children.watched(
         [tool(argv[0]), *argv[1:]],
         env=target.tool_env(),
         stdin=stdin if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, delete
+from sqlalchemy import BigInteger, Text, delete
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from flows.records.models import UTCDateTime, utcnow
@@ -69,6 +69,25 @@ class WorkflowStepRecord(SQLModel, table=True):
     settled_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class StepProcessRecord(SQLModel, table=True):
+    """A step's command while it runs: the row is written when it starts, deleted when it ends.
+
+    A run killed outright leaves its rows behind: they name the process groups a `resume` or
+    a new run must not overlap (the pid and its start time name one process ever; the boot
+    id tells a restarted machine)."""
+
+    __tablename__ = "workflow_step_process"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    step: str
+    host: str
+    boot_id: str = ""
+    pgid: int
+    start_ticks: int | None = Field(default=None, sa_type=BigInteger)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 def start_run(session: Session, row: WorkflowRunRecord) -> None:
     session.add(row)
 
@@ -121,6 +140,17 @@ def done_steps(session: Session, run_id: str) -> list[WorkflowStepRecord]:
     return [s for s in run_steps(session, run_id) if s.section == "steps" and s.state in DONE_STEP_STATES]
 
 
+def step_processes(session: Session) -> list[tuple[StepProcessRecord, WorkflowRunRecord | None]]:
+    """Every recorded running step command, with its run (rows exist only while they run, or
+    are left by a run that was killed)."""
+    query = select(StepProcessRecord, WorkflowRunRecord).join(
+        WorkflowRunRecord,
+        col(WorkflowRunRecord.id) == col(StepProcessRecord.run_id),
+        isouter=True,
+    )
+    return [(row, run) for row, run in session.exec(query.order_by(col(StepProcessRecord.id)))]
+
+
 def runs_older_than(session: Session, cutoff: datetime) -> list[WorkflowRunRecord]:
     query = select(WorkflowRunRecord).where(col(WorkflowRunRecord.started_at) < cutoff)
     return list(session.exec(query.order_by(col(WorkflowRunRecord.started_at))))
@@ -133,5 +163,6 @@ def delete_runs(session: Session, run_ids: list[str]) -> int:
     steps = session.exec(  # type: ignore[call-overload]
         delete(WorkflowStepRecord).where(col(WorkflowStepRecord.run_id).in_(run_ids))
     )
+    session.exec(delete(StepProcessRecord).where(col(StepProcessRecord.run_id).in_(run_ids)))  # type: ignore[call-overload]
     session.exec(delete(WorkflowRunRecord).where(col(WorkflowRunRecord.id).in_(run_ids)))  # type: ignore[call-overload]
     return steps.rowcount or 0

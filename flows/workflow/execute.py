@@ -127,6 +127,7 @@ class WorkflowRun:
             if node is not None
             else (step.resources.memory if step.resources else None),
             "shared": shared,
+            "watch": lambda pid: self.recorder.command_started(step_id, pid),
         }
 
     def settle(self, step_id: str, state: State, section: str) -> StepOutcome:

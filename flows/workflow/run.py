@@ -150,6 +150,7 @@ def _run(
     mask.add(v for k, v in bound.parameters.items() if bound.is_secret(k))
     for warning in [*analysis.warnings, *bound.warnings]:
         logger.warning(warning)
+    workflow_state.await_leftovers(loaded.spec.name, resume_from, logger)
     recorder = workflow_state.Recorder.start(
         workflow_id,
         workflow=loaded.spec.name,

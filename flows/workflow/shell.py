@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows import children
+
 KILL_GRACE_SECONDS = 3.0
 EXIT_DRAIN_SECONDS = 0.5  # after the command exits, how long its leftover children may hold the pipes
 POLL_SECONDS = 0.2
@@ -119,8 +121,11 @@ def run_command(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     memory_limit: int | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> CommandResult:
     """Run `text` and wait; stdout is returned (capped), every line goes to `on_line`.
+
+    `on_start` is called with the command's process (and process group) id once it runs.
 
     `memory_limit` (bytes) is set as RLIMIT_AS: virtual memory, so a runtime that maps much
     more than it touches (Python ~30-60 MB, JVMs, Go) needs a reservation above its real use.
@@ -140,13 +145,14 @@ def run_command(
 
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
+        # Its own process group, so a timeout can kill all of it; stopped by the guardian
+        # if opsflow dies first (children.py).
+        proc = children.spawn(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, so a timeout can kill all of it
-            env=dict(env) if env is not None else None,
+            env=env,
             cwd=cwd,
         )
     except (FileNotFoundError, PermissionError) as exc:
@@ -158,20 +164,23 @@ def run_command(
     with _running_lock:
         _running.add(proc)
     try:
+        if on_start is not None:
+            on_start(proc.pid)
         stdout, truncated, timed_out = _pump(proc, started, timeout, on_line)
         exit_code = _wait(proc, started, timeout)
         timed_out = timed_out or exit_code is None
+        if exit_code is None:
+            _kill_group(proc)
+            exit_code = proc.wait()
     except BaseException:
         _kill_group(proc)  # interrupted (Ctrl-C, task cancelled): leave nothing running
         raise
     finally:
         with _running_lock:
             _running.discard(proc)
+        children.release(proc)
         if script is not None:
             script.unlink(missing_ok=True)
-    if exit_code is None:
-        _kill_group(proc)
-        exit_code = proc.wait()
     return CommandResult(
         exit_code=exit_code,
         timed_out=timed_out,

@@ -13,13 +13,15 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from flows.errors import OpsflowError
+from flows import children
+from flows.errors import DependencyError, OpsflowError
 from flows.secrets import MASKED, is_secret_name, safe_parameters, was_scrubbed
 from flows.user_files import read_user_bytes
 from flows.workflow.dispatch import Outcome
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 
 #: Captured output kept per step; longer output is cut (and then not restorable as is).
 OUTPUT_CAP = 64 * 1024
+#: How long a run waits for the commands a killed run left running to be stopped (by the
+#: killed process's guardian) before it refuses to start.
+LEFTOVER_WAIT_SECONDS = 30.0
 
 _active: dict[str, Recorder] = {}  # by flow run id, so `_finish` can close the run's record
 _active_lock = threading.Lock()
@@ -144,6 +149,28 @@ class Recorder:
         )
         self.write(lambda db: add_step(db, row))
 
+    def command_started(self, step: str, pid: int) -> Callable[[], None]:
+        """Record a step's command (its process group) as running; returns what records its end."""
+        from flows.records.workflows import StepProcessRecord
+
+        if not self.enabled:
+            return lambda: None
+        row = StepProcessRecord(
+            run_id=self.run_id,
+            step=step,
+            host=socket.gethostname(),
+            boot_id=children.boot_id(),
+            pgid=pid,
+            start_ticks=children.start_ticks(pid),
+        )
+        self.write(lambda db: db.add(row))
+
+        def ended() -> None:
+            if row.id is not None:
+                self.write(lambda db: _forget_processes(db, [row.id]))
+
+        return ended
+
     def finish(self, summary: RunSummary) -> None:
         """Record the steps that settled without running (skipped, not run), then the outcome."""
         from flows.records.workflows import finish_run
@@ -172,6 +199,75 @@ def abandon(run_id: str, err: OpsflowError) -> None:
         from flows.records.workflows import finish_run
 
         recorder.write(lambda db: finish_run(db, run_id, exit_code=err.exit_code, message=str(err)))
+
+
+def _forget_processes(db: Any, ids: list[int]) -> None:
+    from sqlalchemy import delete
+    from sqlmodel import col
+
+    from flows.records.workflows import StepProcessRecord
+
+    db.exec(delete(StepProcessRecord).where(col(StepProcessRecord.id).in_(ids)))
+
+
+def _owner_alive(run: Any) -> bool:
+    """Is the process that ran `run` (on this host) still running it?"""
+    if run is None or run.state != "running" or not run.pid:
+        return False
+    if run.pid == os.getpid():
+        return True
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def left_running(workflow: str, resume_from: str | None = None) -> list[Any]:
+    """Step commands that killed runs of `workflow` (or the run `resume_from`) left running on
+    this machine. Rows of killed runs whose commands are gone are deleted on the way."""
+    from flows.records.db import session
+    from flows.records.workflows import step_processes
+
+    here = socket.gethostname()
+    alive, gone = [], []
+    with session() as db:
+        for row, run in step_processes(db):
+            if row.host != here or _owner_alive(run):
+                continue  # elsewhere (cannot be checked from here), or a run still going
+            if not children.group_alive(row.pgid, row.start_ticks, row.boot_id):
+                gone.append(row.id)
+            elif run is None or run.workflow == workflow or run.id == resume_from:
+                alive.append(row)
+        if gone:
+            _forget_processes(db, gone)
+    return alive
+
+
+def await_leftovers(workflow: str, resume_from: str | None, logger: Any) -> None:
+    """Never overlap a step a killed run left running: wait (a killed run's guardian stops its
+    commands within seconds), then refuse with a DependencyError naming what still runs."""
+    try:
+        left = left_running(workflow, resume_from)
+    except (OpsflowError, SQLAlchemyError):
+        return  # no records to read: the run says so when it tries to write its own
+    if not left:
+        return
+    steps = ", ".join(f"`{row.step}` of run {row.run_id}" for row in left)
+    logger.warning(f"waiting for {steps}, left running by a killed run, to stop")
+    deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [r for r in left if children.group_alive(r.pgid, r.start_ticks, r.boot_id)]
+    if left:
+        row = left[0]
+        raise DependencyError(
+            f"step `{row.step}` of killed run {row.run_id} is still running "
+            f"(process group {row.pgid} on {row.host}); running it again would overlap it — "
+            f"stop it (kill -- -{row.pgid}) or let it finish, then try again"
+        )
 
 
 def restore(run: WorkflowRun, dispatcher: Dispatcher, original_id: str) -> list[str]:

@@ -118,6 +118,7 @@ def run_step(
     shared: Claim | None = None,
     mask: Callable[[str], str] | None = None,
     secret_stdout: str | None = None,
+    watch: Callable[[int], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
     """Run one command; its lines go to the run log, a failure raises so Prefect retries.
 
@@ -127,6 +128,8 @@ def run_step(
     shares with other runs (pools.py), held by each attempt while its command runs. `mask`
     takes the run's secrets out of each output line before it is logged (flows/masking.py);
     `secret_stdout`: the name of the secret output the command prints, so stdout is not logged.
+    `watch` records the command's process group while it runs (so nothing overlaps it if the run
+    is killed) and returns what records its end.
     """
     logger = get_run_logger()
     attempt = current_task_run.run_count or 1
@@ -150,6 +153,7 @@ def run_step(
             logger,
             mask or scrub_text,
             secret_stdout,
+            watch,
         )
 
 
@@ -165,6 +169,7 @@ def _run_attempt(
     logger: Any,
     mask: Callable[[str], str],
     secret_stdout: str | None = None,
+    watch: Callable[[int], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
     capped = False
     if deadline is not None:
@@ -173,13 +178,24 @@ def _run_attempt(
             raise CommandFailed(step_id, -1, True, attempt, 0.0, reason="the workflow's --timeout ran out")
         capped = timeout is None or left < timeout
         timeout = left if timeout is None else min(timeout, left)
-    with StepLog(logger, step_id, mask, secret_stdout=secret_stdout) as log:
-        sink = logship.tee(log.line, step_id, attempt)  # also to the run's JSON lines, if aggregated
-        if secret_stdout is not None:
-            sink = log.without_stdout(sink)
-        result: CommandResult = run_command(
-            command, shell=shell, timeout=timeout, env=env, on_line=sink, memory_limit=memory
-        )
+    ends: list[Callable[[], None]] = []
+    try:
+        with StepLog(logger, step_id, mask, secret_stdout=secret_stdout) as log:
+            sink = logship.tee(log.line, step_id, attempt)  # also to the run's JSON lines, if aggregated
+            if secret_stdout is not None:
+                sink = log.without_stdout(sink)
+            result: CommandResult = run_command(
+                command,
+                shell=shell,
+                timeout=timeout,
+                env=env,
+                on_line=sink,
+                memory_limit=memory,
+                on_start=(lambda pid: ends.append(watch(pid))) if watch is not None else None,
+            )
+    finally:
+        for end in ends:
+            end()
     if not result.ok:
         failure = CommandFailed(
             step_id,
