@@ -29,6 +29,7 @@ TOKEN_VAR = "OPSFLOW_COMMAND_ID"
 #: What a guardian calls itself while it stops commands, so new runs can wait for it.
 REAPING_NAME = "opsflow-reaping"
 POLL_SECONDS = 0.05
+BATCH_SECONDS = 0.01
 #: How long a command opsflow died while starting may take to reach exec (and show its token).
 PENDING_SETTLE_SECONDS = 0.5
 
@@ -45,6 +46,9 @@ def main(argv: list[str]) -> int:
         *lines, rest = (rest + chunk).split(b"\n")
         for line in lines:
             apply(line.decode("ascii", "replace").split(), groups, pending)
+        # Let lines gather: a batch running a command per file sends three per command, and
+        # waking once per line would cost more than the commands' own bookkeeping.
+        time.sleep(BATCH_SECONDS)
     reap(set(groups.values()), pending, token, grace)
     return 0
 
