@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
 class Receiver:
     """A webhook receiver for apprise's json:// and form://: records each POST body; `delay`
-    makes it slow."""
+    makes it slow (each request waits that long, or until `close`, before it is recorded)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         bodies = self.bodies = []
+        closing = self.closing = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                time.sleep(delay)
+                if delay:
+                    closing.wait(delay)
                 bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
                 self.send_response(200)
                 self.end_headers()
@@ -31,6 +32,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -13,6 +13,8 @@ from flows.files.discover import iter_inputs
 from flows.files.processors import CommandProcessor, parse_processor
 from flows.files.work import attempt, fingerprint
 
+from .conftest_helpers import wait_for
+
 HOSTILE_NAMES = [
     "plain.txt",
     "with space.txt",
@@ -80,12 +82,15 @@ def test_failed_attempt_leaves_no_output_and_says_why(tree, tmp_path):
 
 
 def test_timeout_kills_a_hanging_processor(tree, tmp_path):
+    from flows.children import group_alive
+
+    pid, finished = tmp_path / "pid", tmp_path / "finished"
     file = next(iter_inputs([str(tree / "plain.txt")]))
-    outcome = attempt(
-        file, parse_processor("sleep 30; cat {input}"), output_dir=None, timeout=0.5, print_="x"
-    )
+    processor = parse_processor(f"echo $$ > {pid}; sleep 30; touch {finished}; cat {{input}}")
+    outcome = attempt(file, processor, output_dir=None, timeout=2, print_="x")
     assert outcome.status == "failed" and "timed out" in outcome.error
-    assert outcome.duration < 5
+    assert not finished.exists()  # stopped at its timeout, not waited for
+    wait_for(lambda: not group_alive(int(pid.read_text()), None), 60)  # `sleep` and all
 
 
 def test_fingerprint_covers_bytes_processor_and_options(tmp_path):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows.files.report import NOTIFY_TIMEOUT, metrics_json, notify_completion, write_reports
+from flows.files.report import metrics_json, notify_completion, write_reports
 from tests.receivers import Receiver
 
 SUMMARY = {
@@ -69,19 +68,18 @@ def test_a_dead_receiver_only_warns():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     warnings = []
-    started = time.monotonic()
     assert not notify_completion([f"json://user:secret@127.0.0.1:{port}/hook"], SUMMARY, warnings.append)
-    assert time.monotonic() - started < NOTIFY_TIMEOUT + 2
     assert len(warnings) == 1 and "secret" not in warnings[0] and "the batch result stands" in warnings[0]
+    assert "was not accepted" in warnings[0]  # refused: given up at once, not at the timeout
 
 
 def test_a_slow_receiver_cannot_stall_the_batch():
-    slow = Receiver(delay=30)
+    slow = Receiver(delay=600)  # holds each request until closed
     try:
-        started = time.monotonic()
         warnings = []
         assert not notify_completion([slow.url], SUMMARY, warnings.append)
-        assert time.monotonic() - started < NOTIFY_TIMEOUT + 2
-        assert warnings
+        # Given up (at its timeout) while the receiver still held the request.
+        assert slow.bodies == []
+        assert len(warnings) == 1 and "the batch result stands" in warnings[0]
     finally:
-        slow.server.server_close()
+        slow.close()

@@ -1,7 +1,8 @@
 """Fixtures for health tests: the real services, HTTP endpoints on 127.0.0.1, a port nobody uses.
 
-`endpoints` serves /ok (200), /moved (302), /fail (500) and /hang (answers only after the
-test ends, so a check of it must give up on its own); `silent_port` accepts connections and
+`endpoints` serves /ok (200), /moved (302), /fail (500), /hang (answers only after the
+test ends, so a check of it must give up on its own) and /meet (200 once `meeting`'s number of
+requests are waiting together, 500 if they do not come within 30 s); `silent_port` accepts connections and
 never says a word (a PostgreSQL or Redis that hangs); `closed_port` refuses them.
 """
 
@@ -18,18 +19,24 @@ import pytest
 from tests.maintenance.conftest import pg_admin_url, redis_url  # noqa: F401
 
 PASSWORD = "hunter2-s3cret"
-TIMEOUT = 1.0
+TIMEOUT = 10.0  # generous: a service that is up must not look down on a busy machine
 
 
 class Endpoints:
     def __init__(self) -> None:
         release = self.release = threading.Event()
+        endpoints = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.startswith("/hang"):
                     release.wait(30)
                 code = {"/ok": 200, "/moved": 302, "/fail": 500}.get(self.path.split("?")[0], 200)
+                if self.path.startswith("/meet"):
+                    try:  # 200 only once all the expected requests are in at the same time
+                        endpoints.meeting.wait(30)
+                    except threading.BrokenBarrierError:
+                        code = 500
                 self.send_response(code)
                 if code == 302:
                     self.send_header("Location", "/ok")
@@ -39,6 +46,7 @@ class Endpoints:
             def log_message(self, *args) -> None:
                 pass
 
+        self.meeting = threading.Barrier(1)  # `/meet`: set to as many requests as must meet
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

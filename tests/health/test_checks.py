@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 from pydantic import SecretStr
@@ -119,11 +119,17 @@ def test_http_statuses(endpoints, closed_port):
 
 
 def test_a_hanging_endpoint_is_given_up_on_at_the_timeout(endpoints):
-    started = time.monotonic()
     result = run_check(_http(endpoints.url("/hang")), 0.5)
-    took = time.monotonic() - started
+    # Given up at the timeout (the endpoint answers 200 only when the test ends), not before.
     assert (result.status, result.reason) == ("down", "timeout")
-    assert 0.45 <= took < 0.9 and result.response_time_ms < 900
+    assert result.response_time_ms >= 450
+
+
+def test_checks_run_at_once(endpoints):
+    """`run_checks` starts every check together: /meet answers only when all are waiting."""
+    endpoints.meeting = threading.Barrier(4)
+    results = run_checks([_http(endpoints.url(f"/meet?n={n}")) for n in range(4)], 60)
+    assert [r.status for r in results] == ["up"] * 4, [r.error for r in results]
 
 
 def test_disk_thresholds(tmp_path):
@@ -155,7 +161,6 @@ def test_postgres_and_redis_up_refused_and_silent(pg_admin_url, redis_url, close
     rd = lambda url: Check("redis", "redis", "rd", target=SecretStr(url))  # noqa: E731
     on_port = lambda url, port: url.replace(":5432/", f":{port}/").replace(":6379/", f":{port}/")  # noqa: E731
 
-    started = time.monotonic()
     results = run_checks(
         [
             pg(pg_url),
@@ -169,10 +174,9 @@ def test_postgres_and_redis_up_refused_and_silent(pg_admin_url, redis_url, close
         ],
         0.7,
     )
-    assert time.monotonic() - started < 1.5
     up_pg, up_rd, refused_pg, refused_rd, silent_pg, silent_rd, no_db = results
     assert up_pg.status == up_rd.status == "up" and up_pg.details["server_version"] > 0
     assert refused_pg.reason == refused_rd.reason == "unreachable"
-    assert silent_pg.reason == silent_rd.reason == "timeout"
+    assert silent_pg.reason == silent_rd.reason == "timeout"  # their own timeout, not libpq's 2 s
     assert (no_db.status, no_db.reason) == ("down", "failed") and "opsflow_no_such_db" in no_db.error
     assert all(PASSWORD not in str(r.to_dict()) for r in results)

@@ -17,14 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from flows.maintenance.record import recorded
 from tests.conftest import ROOT
 
-from .conftest import PASSWORD, free_port
+from .conftest import PASSWORD, TIMEOUT, free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_api")]
 
 
 def get(url: str) -> tuple[int, str, str]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=60) as response:
             return response.status, response.headers["Content-Type"], response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.headers["Content-Type"], err.read().decode()
@@ -61,7 +61,7 @@ class Server:
             return ""
         self.proc.terminate()
         try:
-            _, err = self.proc.communicate(timeout=10)
+            _, err = self.proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
@@ -88,6 +88,7 @@ def servers(health_env, closed_port) -> Iterator[tuple[Server, Server]]:
 
 
 def test_health_metrics_and_not_found(servers):
+    before = time.time()
     with recorded("opsflow-test-ok", {"database_url": f"postgresql://u:{PASSWORD}@h/db"}, "test"):
         pass
     try:
@@ -96,6 +97,7 @@ def test_health_metrics_and_not_found(servers):
             raise RuntimeError("it broke")
     except RuntimeError:
         pass
+    after = time.time()
     good, bad = servers
     good.wait_ready()
     bad.wait_ready()
@@ -121,8 +123,13 @@ def test_health_metrics_and_not_found(servers):
     }
     assert samples[("script_execution_status", (("script", "opsflow-test-ok"),))] == 1
     assert samples[("script_execution_status", (("script", "opsflow-test-bad"),))] == 0
-    assert 0 <= samples[("script_execution_duration_seconds", (("script", "opsflow-test-ok"),))] < 10
-    assert abs(samples[("script_last_run_timestamp", (("script", "opsflow-test-bad"),))] - time.time()) < 60
+    # What was recorded, within what the test saw of it.
+    assert (
+        0
+        <= samples[("script_execution_duration_seconds", (("script", "opsflow-test-ok"),))]
+        <= after - before
+    )
+    assert int(before) <= samples[("script_last_run_timestamp", (("script", "opsflow-test-bad"),))] <= after
     assert samples[("opsflow_health_status", ())] == 1
     assert samples[("opsflow_records_up", ())] == 1
     up = ("opsflow_health_check_up", (("check", "redis"), ("kind", "redis"), ("required", "true")))
@@ -130,7 +137,7 @@ def test_health_metrics_and_not_found(servers):
     assert (
         0
         < samples[("opsflow_health_check_response_seconds", (("check", "postgres"), ("kind", "postgres")))]
-        < 1
+        < TIMEOUT  # an answer, within the check's timeout
     )
 
     bad_samples = {

@@ -77,7 +77,7 @@ def test_instances_serve_their_release_and_the_router_follows_current(target_roo
     target.point("current", "green")
     assert instances.probe(router)[1]["version"] == "2.0"
     page = f"http://127.0.0.1:{ports['router_port']}/index.html"
-    with urllib.request.urlopen(page, timeout=5) as response:
+    with urllib.request.urlopen(page, timeout=60) as response:
         assert response.headers["X-Opsflow-Color"] == "green" and b"sample" in response.read()
     (target.release_dir("2.0") / "HEALTH").write_text("fail\n")
     assert instances.probe(router)[0] == 503

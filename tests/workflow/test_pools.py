@@ -156,14 +156,13 @@ def test_a_step_larger_than_the_pool_takes_all_of_it_and_a_full_pool_ends_at_the
     log = Lines()
     with hold(Claim(pool, {"memory": 4096}), "huge", log):
         assert _limit(f"opsflow-memory-{name}").active_slots == 1024
-        started = time.time()
+        deadline = time.time() + 1
         with (
             pytest.raises(PoolWaitEnded) as info,
-            hold(Claim(pool, {"memory": 1}), "tiny", log, time.time() + 1),
+            hold(Claim(pool, {"memory": 1}), "tiny", log, deadline),
         ):
             pass
-        # the deadline held, and it did not wait forever (even on a busy machine)
-        assert info.value.timed_out and 0.9 < time.time() - started < 60
+        assert info.value.timed_out and time.time() >= deadline  # waited until its deadline, then gave up
     assert log.lines == [
         f"`tiny` waits for shared pool `{name}`: needs 1Mi memory; 1Gi of 1Gi held across runs"
     ]
@@ -302,7 +301,7 @@ def test_a_step_waiting_for_a_full_pool_ends_with_the_runs_timeout(write_workflo
 
     def occupy() -> None:
         with hold(Claim(pool, {"memory": 600}), "elsewhere", Lines()):
-            other_run.wait(30)
+            other_run.wait(600)  # until the test ends: the step must give up at the run's timeout
 
     holder = threading.Thread(target=occupy)
     holder.start()
