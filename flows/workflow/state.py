@@ -211,18 +211,13 @@ def _forget_processes(db: Any, ids: list[int]) -> None:
 
 
 def _owner_alive(run: Any) -> bool:
-    """Is the process that ran `run` (on this host) still running it?"""
-    if run is None or run.state != "running" or not run.pid:
+    """Is the process that ran `run` (on this host) still running it? This process counts:
+    a row of its own is a command it runs right now."""
+    from flows.records import liveness
+
+    if run is None or run.state != "running":
         return False
-    if run.pid == os.getpid():
-        return True
-    try:
-        os.kill(run.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return run.pid == os.getpid() or liveness.process_alive(run.pid)
 
 
 def left_running(workflow: str, resume_from: str | None = None) -> list[Any]:
