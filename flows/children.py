@@ -17,14 +17,13 @@ microseconds. When opsflow is gone the pipe reads end-of-file, and the guardian 
 group still registered (SIGTERM, then SIGKILL after a grace period).
 
 `resume` and new runs must also never overlap a command that a killed run left running;
-`group_alive` (with `start_ticks` and `boot_id`, recorded when a step starts) and
+`processes.group_alive` (with the start time and boot id recorded when a step starts) and
 `wait_for_reapers` are how they check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 import secrets
@@ -36,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from flows import processes
 from flows.guardian import REAPING_NAME, TOKEN_VAR
 
 #: How long the guardian lets a command's group handle SIGTERM before SIGKILL (as on timeout).
@@ -165,75 +165,17 @@ def watched(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
 
 
 # -- what a killed run left behind ----------------------------------------------------------------
-@functools.cache
-def boot_id() -> str:
-    """This boot of this machine (process start times count from it); "" where unknown."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, process group, start time in clock ticks since boot) of a process, if it exists."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_bytes()
-    except (OSError, ValueError):
-        return None
-    fields = text[text.rindex(b")") + 2 :].split()  # the name in parentheses may hold spaces
-    return fields[0].decode(), int(fields[2]), int(fields[19])
-
-
-def start_ticks(pid: int) -> int | None:
-    """When process `pid` started (ticks since boot): with the pid, it names one process ever."""
-    stat = _stat(pid)
-    return stat[2] if stat else None
-
-
-def _pids() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-
-
-def group_alive(group: int, ticks: int | None, boot: str = "") -> bool:
-    """Is a process of the group led by the process (`group`, started at `ticks`) still running?
-
-    The leader may be gone while what it started lives on in its group; the group's number
-    cannot be given to a new process while any member lives, so a leader with another start
-    time means the recorded group is over. Zombies do not count: they run nothing."""
-    if boot and boot_id() and boot != boot_id():
-        return False  # the machine restarted since
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    leader = _stat(group)
-    if leader is not None and ticks is not None and leader[2] != ticks:
-        return False
-    for pid in _pids():
-        stat = _stat(pid)
-        if stat is not None and stat[1] == group and stat[0] != "Z":
-            return True
-    return False
-
-
 def reapers() -> list[int]:
     """Guardians of this user still stopping the commands of an opsflow process that died."""
     found = []
-    for pid in _pids():
+    for pid in processes.pids():
         try:
             if os.stat(f"/proc/{pid}").st_uid != os.getuid():
                 continue
             name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        stat = _stat(pid)
+        stat = processes.read_stat(pid)
         if name == REAPING_NAME and stat is not None and stat[0] != "Z":
             found.append(pid)
     return found

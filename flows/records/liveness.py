@@ -12,6 +12,8 @@ import os
 import socket
 from typing import Any
 
+from flows import processes
+
 
 def this_process() -> dict[str, Any]:
     """The `host` and `pid` to record with a run started by this process."""
@@ -23,9 +25,7 @@ def process_alive(pid: int | None) -> bool:
     record it reads about itself is one it is not running; a zombie counts as gone too)."""
     if not pid or pid == os.getpid():
         return False
-    from flows.records import locks  # SQLModel: only when a record is read anyway
-
-    return locks.process_alive(pid, None)
+    return processes.process_alive(pid)
 
 
 def shown_state(state: str, host: str | None, pid: int | None) -> str:

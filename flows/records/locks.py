@@ -22,7 +22,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from uuid import uuid4
 
 from sqlalchemy import delete, update
@@ -30,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, Session, SQLModel, select
 
+from flows import processes
 from flows.errors import DependencyError
 from flows.records.models import UTCDateTime, utcnow
 
@@ -67,36 +67,10 @@ def describe(row: OperationLock) -> str:
     return f"`{row.operation}`{run} on {row.host} (pid {row.pid}) since {since}"
 
 
-def process_started(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot, from /proc), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def process_alive(pid: int, started: str | None) -> bool:
-    """Whether process `pid` of this host runs, and is the one that started at `started`."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if fields[0] == "Z":  # exited, not yet reaped by its parent
-        return False
-    return started is None or fields[19] == started
-
-
 def holder_alive(row: OperationLock, now: datetime, lease: float = LEASE_SECONDS) -> bool:
     if row.host == socket.gethostname():
-        return process_alive(row.pid, row.pid_started)
+        started = int(row.pid_started) if row.pid_started and row.pid_started.isdigit() else None
+        return processes.process_alive(row.pid, started)
     return now - row.heartbeat_at < timedelta(seconds=lease)
 
 
@@ -184,7 +158,7 @@ def acquire(
         "flow_run_name": flow_run_name,
         "host": socket.gethostname(),
         "pid": pid,
-        "pid_started": process_started(pid),
+        "pid_started": str(processes.start_ticks(pid) or "") or None,
         "waiting_for": None,
     }
     took_over = None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from flows import children
+from flows import processes
 from flows.errors import DependencyError, OpsflowError
 from flows.secrets import MASKED, is_secret_name, safe_parameters, was_scrubbed
 from flows.user_files import read_user_bytes
@@ -159,9 +159,9 @@ class Recorder:
             run_id=self.run_id,
             step=step,
             host=socket.gethostname(),
-            boot_id=children.boot_id(),
+            boot_id=processes.boot_id(),
             pgid=pid,
-            start_ticks=children.start_ticks(pid),
+            start_ticks=processes.start_ticks(pid),
         )
         self.write(lambda db: db.add(row))
 
@@ -232,7 +232,7 @@ def left_running(workflow: str, resume_from: str | None = None) -> list[Any]:
         for row, run in step_processes(db):
             if row.host != here or _owner_alive(run):
                 continue  # elsewhere (cannot be checked from here), or a run still going
-            if not children.group_alive(row.pgid, row.start_ticks, row.boot_id):
+            if not processes.group_alive(row.pgid, row.start_ticks, row.boot_id):
                 gone.append(row.id)
             elif run is None or run.workflow == workflow or run.id == resume_from:
                 alive.append(row)
@@ -255,7 +255,7 @@ def await_leftovers(workflow: str, resume_from: str | None, logger: Any) -> None
     deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = [r for r in left if children.group_alive(r.pgid, r.start_ticks, r.boot_id)]
+        left = [r for r in left if processes.group_alive(r.pgid, r.start_ticks, r.boot_id)]
     if left:
         row = left[0]
         raise DependencyError(

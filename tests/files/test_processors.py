@@ -82,7 +82,7 @@ def test_failed_attempt_leaves_no_output_and_says_why(tree, tmp_path):
 
 
 def test_timeout_kills_a_hanging_processor(tree, tmp_path):
-    from flows.children import group_alive
+    from flows.processes import group_alive
 
     pid, finished = tmp_path / "pid", tmp_path / "finished"
     file = next(iter_inputs([str(tree / "plain.txt")]))

@@ -72,9 +72,9 @@ def test_a_dead_holder_is_taken_over_and_a_live_one_is_not(db_url, holder, alive
     if holder.get("pid") == "dead":
         holder["pid"] = dead_pid()
     if holder.get("pid") == os.getpid() and "pid_started" not in holder:
-        from flows.records.locks import process_started
+        from flows.processes import start_ticks
 
-        holder["pid_started"] = process_started(os.getpid())
+        holder["pid_started"] = str(start_ticks(os.getpid()))
     plant(db_url, **holder)
     assert (live_holder("release:prod", db_url) is not None) is alive
     if alive:

@@ -248,7 +248,7 @@ def test_resume_never_overlaps_a_step_a_killed_run_left_running(records, tmp_pat
     """Had the guardian died with the run (or been killed first), the step's command goes on:
     `resume` finds it by the process group recorded when it started, waits, then refuses
     (exit 2, naming it); once it is gone, resume runs the step."""
-    from flows.children import boot_id, start_ticks
+    from flows.processes import boot_id, start_ticks
     from flows.records.workflows import StepProcessRecord, WorkflowRunRecord
     from flows.workflow import state
     from flows.workflow.state import file_checksum
@@ -303,7 +303,7 @@ def test_resume_never_overlaps_a_step_a_killed_run_left_running(records, tmp_pat
 
 def test_a_step_records_its_process_group_while_it_runs(records, tmp_path, write_workflow):
     """Recorder side: the row names the running command's group and is deleted when it ends."""
-    from flows.children import group_alive
+    from flows.processes import group_alive
     from flows.records.workflows import StepProcessRecord
     from flows.workflow.state import Recorder
 

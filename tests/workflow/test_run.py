@@ -37,7 +37,7 @@ def meeting(stamps, name: str, expected: int, then: str = "true") -> str:
 
 def gone(pid_file) -> bool:
     """Nothing of the process group led by the pid in `pid_file` is running."""
-    from flows.children import group_alive
+    from flows.processes import group_alive
 
     return not group_alive(int(pid_file.read_text()), None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from flows.children import group_alive
+from flows.processes import group_alive
 from flows.workflow.shell import MAX_LINE_CHARS, _LineBuffer, run_command
 from tests.files.conftest_helpers import wait_for
 
