@@ -12,6 +12,13 @@ blocks for ever: on the holder's own host the lock is free as soon as its proces
 from another host, once its heartbeat is older than the lease. While it holds the lock, a
 holder's background thread renews the heartbeat every quarter of the lease, and a holder
 releases its row (and only its own row, by token) however it ends.
+
+A holder that was taken over (it stopped, or lost its network, past the lease) must not act as
+if it still held the lock: each step that changes what the lock protects runs in
+`HeldLock.step()`, which confirms the row is still this holder's and renews its heartbeat in
+one statement, and on PostgreSQL keeps that row locked until the step ends, so no one can take
+it over in the middle of a step (a taker waits up to `TAKEOVER_WAIT_SECONDS`, then is refused).
+A holder that was taken over gets `LockLost` and must touch nothing more.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import uuid4
 
-from sqlalchemy import delete, update
+from sqlalchemy import Update, delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, Session, SQLModel, select
 
 from flows import processes
@@ -35,6 +45,8 @@ from flows.records.models import UTCDateTime, utcnow
 
 #: How long a holder on another host counts as alive after its last heartbeat.
 LEASE_SECONDS = 60.0
+#: How long a taker waits for a holder's step in progress (PostgreSQL) before it is refused.
+TAKEOVER_WAIT_SECONDS = 30
 
 
 class OperationLock(SQLModel, table=True):
@@ -61,6 +73,20 @@ class LockHeld(DependencyError):
         self.holder = holder
 
 
+class LockLost(DependencyError):
+    """This holder's lock was taken over (exit 2): it must change nothing more; `holder` is
+    the row that holds the key now, if any."""
+
+    def __init__(self, key: str, holder: OperationLock | None) -> None:
+        now = f"{describe(holder)} holds it now" if holder is not None else "no one holds it now"
+        super().__init__(f"lost the lock {key} (taken over as dead): {now}")
+        self.key, self.holder = key, holder
+
+
+class StepInProgress(DependencyError):
+    """The holder is in the middle of a step (its row stayed locked): not taken over (exit 2)."""
+
+
 def describe(row: OperationLock) -> str:
     run = f" in flow run {row.flow_run_name!r} ({row.flow_run_id})" if row.flow_run_id else ""
     since = row.acquired_at.strftime("%Y-%m-%d %H:%M:%SZ")
@@ -83,6 +109,8 @@ class HeldLock:
     url: str | None = None
     took_over: OperationLock | None = None  # the dead holder whose row this one replaced
     lost: bool = False
+    lease: float = LEASE_SECONDS
+    _renewed: float = field(default_factory=time.monotonic)  # last heartbeat the database took
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -97,14 +125,73 @@ class HeldLock:
     def _update(self, **values: object) -> bool:
         from flows.records.db import session
 
+        started = time.monotonic()
         with session(self.url) as db:
-            done = db.exec(
-                update(OperationLock)
-                .where(OperationLock.key == self.key, OperationLock.token == self.token)
-                .values(**values)
-            )
-        self.lost = self.lost or done.rowcount != 1
+            done = db.exec(self._mine().values(**values))
+        self._confirmed(done.rowcount == 1, started, renewed="heartbeat_at" in values)
         return not self.lost
+
+    def _mine(self) -> Update:
+        return update(OperationLock).where(OperationLock.key == self.key, OperationLock.token == self.token)
+
+    def _confirmed(self, still_mine: bool, started: float, renewed: bool) -> None:
+        self.lost = self.lost or not still_mine
+        if renewed and not self.lost:
+            self._renewed = max(self._renewed, started)
+
+    @contextmanager
+    def step(self, warn: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Run one step that changes what the lock protects, only while the lock is this holder's.
+
+        The row is confirmed ours and its heartbeat renewed in one statement, so the step
+        starts with a whole lease ahead of it; on PostgreSQL that statement's row lock is held
+        until the step ends, so a taker waits instead of taking over mid-step. `LockLost` when
+        the lock was taken over: the step does not run. When the records database cannot be
+        reached, the step still runs if the last renewal is under half a lease old (no one can
+        take the lock over before the lease ends), else the database's error is raised.
+        Steps do not nest, and the holder calls nothing else of this lock inside one.
+        """
+        from flows.records.db import get_engine, records_failure
+
+        if self.lost:
+            raise LockLost(self.key, _holder_or_none(self.key, self.url))
+        started = time.monotonic()
+        try:
+            engine = get_engine(self.url)
+            db = Session(engine)
+        except Exception as exc:
+            yield from self._unconfirmed(records_failure(exc, self.url), warn)
+            return
+        with db:
+            try:
+                done = db.exec(self._mine().values(heartbeat_at=utcnow()))
+                if engine.dialect.name != "postgresql" or done.rowcount != 1:
+                    db.commit()  # SQLite would hold its whole-database write lock for the step
+            except DBAPIError as exc:
+                db.rollback()
+                failure = records_failure(exc, self.url)
+            else:
+                failure = None
+                self._confirmed(done.rowcount == 1, started, renewed=True)
+            if failure is not None:
+                yield from self._unconfirmed(failure, warn)
+                return
+            if self.lost:
+                raise LockLost(self.key, _holder_or_none(self.key, self.url))
+            try:
+                yield
+            finally:
+                try:
+                    db.commit()  # ends the PostgreSQL row lock; the renewal stands
+                except DBAPIError:
+                    db.rollback()
+
+    def _unconfirmed(self, failure: Exception, warn: Callable[[str], None] | None) -> Iterator[None]:
+        if time.monotonic() - self._renewed >= self.lease / 2:
+            raise failure
+        if warn is not None:
+            warn(f"could not confirm the lock {self.key} ({failure}); renewed recently, going on")
+        yield
 
     def start_heartbeat(self, interval: float, warn: Callable[[str], None]) -> None:
         def beat() -> None:
@@ -174,7 +261,7 @@ def acquire(
                 setattr(row, name, value)
             row.acquired_at = row.heartbeat_at = now
             db.add(row)
-    held = HeldLock(key, mine["token"], url, took_over)
+    held = HeldLock(key, mine["token"], url, took_over, lease=lease)
     if warn is not None:
         held.start_heartbeat(lease / 4, warn)
     return held
@@ -185,11 +272,30 @@ def _lock_row(db: Session, mine: dict[str, object]) -> OperationLock:
     conn = db.connection()
     if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: concurrent takers queue up
+    if conn.dialect.name == "postgresql":
+        # A holder's step keeps its row locked (HeldLock.step): wait for it, but not for ever.
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{TAKEOVER_WAIT_SECONDS}s'")
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     now = utcnow()
     new_row = insert(OperationLock).values(**mine, acquired_at=now, heartbeat_at=now)
     db.exec(new_row.on_conflict_do_nothing(index_elements=["key"]))
-    return db.exec(select(OperationLock).where(OperationLock.key == mine["key"]).with_for_update()).one()
+    try:
+        return db.exec(select(OperationLock).where(OperationLock.key == mine["key"]).with_for_update()).one()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise StepInProgress(
+            f"{mine['key']}: its holder has been changing what it protects for over "
+            f"{TAKEOVER_WAIT_SECONDS}s (its row stays locked until that step ends)"
+        ) from None
+
+
+def _holder_or_none(key: str, url: str | None) -> OperationLock | None:
+    """`holder_of`, or None when even that read fails: only to name who took a lock over."""
+    try:
+        return holder_of(key, url)
+    except Exception:
+        return None
 
 
 def holder_of(key: str, url: str | None = None) -> OperationLock | None:

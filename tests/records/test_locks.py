@@ -1,4 +1,5 @@
-"""`operation_lock`: one holder per key, on SQLite and PostgreSQL, and dead holders taken over."""
+"""`operation_lock`: one holder per key, on SQLite and PostgreSQL, dead holders taken over, and a
+holder that was taken over changing nothing more."""
 
 from __future__ import annotations
 
@@ -10,9 +11,20 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
+from flows.errors import ConnectionFailure
 from flows.records import db
-from flows.records.locks import LEASE_SECONDS, LockHeld, OperationLock, acquire, holder_of, live_holder
+from flows.records.locks import (
+    LEASE_SECONDS,
+    HeldLock,
+    LockHeld,
+    LockLost,
+    OperationLock,
+    acquire,
+    holder_of,
+    live_holder,
+)
 from flows.records.models import utcnow
 
 
@@ -86,8 +98,6 @@ def test_a_dead_holder_is_taken_over_and_a_live_one_is_not(db_url, holder, alive
     assert mine.took_over is not None and mine.took_over.token == "theirs"
     assert holder_of("release:prod", db_url).operation == "release rollback"
     # The old holder, should it come back, can neither renew nor remove the new holder's row.
-    from flows.records.locks import HeldLock
-
     ghost = HeldLock("release:prod", "theirs", db_url)
     assert ghost.heartbeat() is False and ghost.lost
     ghost.release()
@@ -108,3 +118,72 @@ def test_the_holder_renews_its_heartbeat_and_says_what_it_waits_for(db_url):
     assert row.heartbeat_at > first and row.waiting_for == "approval"
     held.release()
     assert warnings == [] and holder_of("release:prod", db_url) is None
+
+
+def test_a_holder_that_was_taken_over_runs_no_more_steps(db_url):
+    mine = acquire("release:prod", "release deploy 1", url=db_url)
+    ran: list[str] = []
+    with mine.step():
+        ran.append("while it holds the lock")
+    with db.session(db_url) as s:  # as if it ran on another machine and stopped past its lease
+        s.exec(update(OperationLock).where(OperationLock.key == "release:prod").values(host="elsewhere"))
+    theirs = acquire("release:prod", "release deploy 2", url=db_url, lease=0)
+    with pytest.raises(LockLost, match="release deploy 2") as lost, mine.step():
+        ran.append("after it was taken over")
+    assert ran == ["while it holds the lock"] and lost.value.exit_code == 2 and mine.lost
+    with pytest.raises(LockLost), mine.step():  # once lost, always lost
+        pass
+    assert holder_of("release:prod", db_url).token == theirs.token
+    theirs.release()
+
+
+@pytest.mark.services
+def test_on_postgresql_no_one_takes_over_in_the_middle_of_a_step(postgres_schema_url):
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    mine = acquire("release:prod", "release deploy 1", url=postgres_schema_url)
+    with db.session(postgres_schema_url) as s:  # on another machine, silent past its lease
+        s.exec(
+            update(OperationLock)
+            .where(OperationLock.key == "release:prod")
+            .values(host="elsewhere", heartbeat_at=utcnow() - timedelta(seconds=LEASE_SECONDS * 2))
+        )
+    name = f"taker-{os.getpid()}-{id(mine)}"
+    taker_url = make_url(postgres_schema_url).update_query_dict({"application_name": name})
+    outcome: list[object] = []
+
+    def take() -> None:
+        try:
+            outcome.append(acquire("release:prod", "release deploy 2", url=taker_url.render_as_string(False)))
+        except LockHeld as exc:
+            outcome.append(exc)
+
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND wait_event_type = 'Lock'"
+    )
+    with mine.step():
+        taker = threading.Thread(target=take)
+        taker.start()
+        deadline = utcnow() + timedelta(seconds=60)
+        with db.get_engine(postgres_schema_url).connect() as conn:
+            while not conn.execute(text(waiting), {"name": name}).scalar() and utcnow() < deadline:
+                threading.Event().wait(0.05)
+            assert conn.execute(text(waiting), {"name": name}).scalar() == 1  # it waits for the step
+        assert outcome == []
+    taker.join(timeout=60)
+    # The step renewed the holder's heartbeat: once it ended, the holder was alive, not taken over.
+    assert len(outcome) == 1 and isinstance(outcome[0], LockHeld), outcome
+    assert holder_of("release:prod", postgres_schema_url).token == mine.token and not mine.lost
+    mine.release()
+
+
+def test_a_step_goes_on_without_the_records_only_within_half_a_lease():
+    held = HeldLock("release:prod", "mine", "postgresql://ops@127.0.0.1:1/records", lease=LEASE_SECONDS)
+    warnings: list[str] = []
+    with held.step(warnings.append):
+        pass
+    assert len(warnings) == 1 and "renewed recently" in warnings[0]
+    held._renewed -= LEASE_SECONDS / 2  # the last renewal the database took is half a lease old
+    with pytest.raises(ConnectionFailure), held.step(warnings.append):
+        raise AssertionError("the step must not run")
