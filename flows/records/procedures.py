@@ -133,7 +133,15 @@ def health_history(
 
 
 class ReleaseRecord(SQLModel, table=True):
-    """One release attempt: what went live where, or why it was rolled back, and who approved."""
+    """One release operation: a deploy (what went live where, or why not, and who approved) or
+    a `release rollback` (which version it brought back).
+
+    Outcomes: `released` (a deploy went live), `rejected` (its approval was refused or timed
+    out), `failed` (a deploy failed its test or check and was undone, or a rollback failed its
+    check and was switched back), `aborted` (a deploy cancelled, or one that lost the
+    environment's lock to another operation), `rolled_back` (a rollback put this version live
+    again). A row still `running` whose process is gone is shown as `killed` (liveness.py).
+    """
 
     __tablename__ = "release_log"
 
@@ -142,12 +150,14 @@ class ReleaseRecord(SQLModel, table=True):
     version: str
     previous_version: str | None = None
     color: str | None = None  # the color the release went to
-    outcome: str = "running"  # running | released | rolled_back | rejected | failed
+    outcome: str = "running"  # running | released | rejected | failed | aborted | rolled_back
     approved_by: str | None = None
     reason: str | None = Field(default=None, sa_type=Text)
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     flow_run_id: str | None = None
+    host: str | None = None  # where the operation runs, so a killed one is told from a running one
+    pid: int | None = None
 
 
 def release_history(session: Session, environment: str | None = None, limit: int = 20) -> list[ReleaseRecord]:
@@ -158,10 +168,14 @@ def release_history(session: Session, environment: str | None = None, limit: int
 
 
 def went_live(session: Session, environment: str, version: str) -> bool:
-    """Whether `version` was ever put live in `environment` (released, or brought back by a rollback)."""
+    """Whether a deploy of `version` ever went live in `environment` (a `released` row).
+
+    Only `released` counts: a rollback switches only to a version that went live, so its row
+    adds none, and rows that older versions wrote `rolled_back` for a failed deploy must not
+    count."""
     query = select(ReleaseRecord.id).where(
         ReleaseRecord.environment == environment,
         ReleaseRecord.version == version,
-        col(ReleaseRecord.outcome).in_(["released", "rolled_back"]),
+        ReleaseRecord.outcome == "released",
     )
     return session.exec(query.limit(1)).first() is not None

@@ -6,11 +6,13 @@
     release stop [-e ENV]                  stop the router and both instances
     release history [-e ENV] [--json]      the release_log records
 
-One release operation (deploy, rollback, stop) per environment at a time: a second one is
-refused with exit 2, naming the run that holds the environment (flows/release/lock.py).
+One release operation (deploy, rollback, stop) per target directory at a time: a second one
+is refused with exit 2, naming the run that holds it (flows/release/lock.py).
 
 Each environment has its own target directory (--root, else $OPSFLOW_RELEASE_ROOT/ENV, else
-~/.opsflow/releases/ENV) and its own ports. A production release waits for `opsflow approve`.
+~/.opsflow/releases/ENV) and its own ports. ENV is a plain name, and a directory serves the
+environment that first released to it: another name for it is refused, exit 3. A production
+release waits for `opsflow approve`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from flows.errors import EXIT_OK
 
 release_app = typer.Typer(help="Blue-green releases with approval and rollback.", no_args_is_help=True)
 
-Env = Annotated[str, typer.Option("--env", "-e", help="Environment (its own target and ports).")]
+Env = Annotated[
+    str,
+    typer.Option("--env", "-e", help="Environment: a plain name like production (its own target and ports)."),
+]
 Root = Annotated[str | None, typer.Option("--root", help="Target directory (default: per environment).")]
 BluePort = Annotated[
     int | None, typer.Option("--blue-port", help="Port of the blue instance.", min=1, max=65535)
@@ -52,24 +57,28 @@ def ports_of(root: Path, blue: int | None, green: int | None, router: int | None
     return {k: given[k] or known[k] for k in known}
 
 
-def _flow_ports(root: str | None, env: str, blue, green, router) -> dict[str, Any]:
-    from flows.release.target import release_root
-
-    ports = ports_of(release_root(root, env), blue, green, router)
+def _flow_ports(root: Path, blue, green, router) -> dict[str, Any]:
+    ports = ports_of(root, blue, green, router)
     return {"blue_port": ports["blue"], "green_port": ports["green"], "router_port": ports["router"]}
 
 
-def _refused(console: Console, env: str) -> int | None:
-    """The exit code when another operation holds `env` (its line printed), before any flow run."""
+def _target(console: Console, env: str, root: str | None, *, free: bool = False) -> Path | int:
+    """`env`'s target directory, or the exit code (its line printed) when `env` is not a plain
+    name (3), the directory is another environment's (3), or, with `free`, another operation
+    holds it now (2) — all before any flow run, whose own checks under the lock still decide."""
     from flows.errors import OpsflowError
     from flows.release.lock import refuse_if_held
+    from flows.release.target import Target, check_environment, release_root
 
     try:
-        refuse_if_held(env)
+        path = release_root(root, check_environment(env))
+        Target(path).check_owner(env)
+        if free:
+            refuse_if_held(env, path)
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
-    return None
+    return path
 
 
 @release_app.command("deploy")
@@ -103,8 +112,8 @@ def deploy(
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
-    if (refused := _refused(console, env)) is not None:
-        return refused
+    if isinstance(path := _target(console, env, root, free=True), int):
+        return path
     return run_procedure(
         console,
         "flows.release.flow:release",
@@ -114,11 +123,11 @@ def deploy(
         version=version,
         source=source,
         environment=env,
-        root=root,
+        root=str(path),
         approval=approval,
         approval_timeout=approval_timeout,
         notify=notify or [],
-        **_flow_ports(root, env, blue_port, green_port, router_port),
+        **_flow_ports(path, blue_port, green_port, router_port),
     )
 
 
@@ -141,8 +150,8 @@ def rollback(
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
-    if (refused := _refused(console, env)) is not None:
-        return refused
+    if isinstance(path := _target(console, env, root, free=True), int):
+        return path
     return run_procedure(
         console,
         "flows.release.rollback:rollback_release",
@@ -150,9 +159,9 @@ def rollback(
         verbose=verbose,
         quiet=quiet,
         environment=env,
-        root=root,
+        root=str(path),
         reason=reason,
-        **_flow_ports(root, env, blue_port, green_port, router_port),
+        **_flow_ports(path, blue_port, green_port, router_port),
     )
 
 
@@ -170,10 +179,11 @@ def status(
     """What each color serves, which is live, and whether each answers healthy."""
     from flows.maintenance.cli import table
     from flows.release import instances
-    from flows.release.target import Target, release_root
+    from flows.release.target import Target
 
     console = Console(verbose=verbose, quiet=quiet)
-    path = release_root(root, env)
+    if isinstance(path := _target(console, env, root), int):
+        return path
     target, ports = Target(path), ports_of(path, blue_port, green_port, router_port)
     rows = []
     for name in ("router", "blue", "green"):
@@ -203,16 +213,21 @@ def stop(env: Env = "staging", root: Root = None, verbose: Verbose = False, quie
     """Stop the router and both instances of an environment (the release files stay).
 
     Refused (exit 2) while another release operation of the environment runs or waits for approval."""
-    from flows.errors import OpsflowError
+    from flows.errors import DependencyError, OpsflowError
+    from flows.records.locks import LockLost
     from flows.release import instances
-    from flows.release.lock import environment_lock
-    from flows.release.target import release_root
+    from flows.release.lock import environment_lock, lost
 
     console = Console(verbose=verbose, quiet=quiet)
-    path = release_root(root, env)
+    if isinstance(path := _target(console, env, root), int):
+        return path
     try:
-        with environment_lock(env, "release stop", console.warning):
-            stopped = [name for name in ("router", "blue", "green") if instances.stop(path, name)]
+        with environment_lock(env, path, "release stop", console.warning) as lock:
+            try:
+                with lock.step(console.warning):
+                    stopped = [name for name in ("router", "blue", "green") if instances.stop(path, name)]
+            except LockLost as exc:
+                raise DependencyError(lost(env, exc)) from None
     except OpsflowError as err:
         console.error(str(err))
         return err.exit_code
@@ -228,12 +243,23 @@ def history(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> int:
-    """Release attempts, newest first: version, outcome, who approved, why it was rolled back."""
+    """Release operations, newest first: version, outcome, who approved, why it did not go live.
+
+    Outcomes: released, rejected, failed, aborted, rolled_back (a rollback), running, killed."""
+    from flows.errors import OpsflowError
     from flows.maintenance.cli import table
     from flows.records.db import session
+    from flows.records.liveness import shown_state
     from flows.records.procedures import release_history
+    from flows.release.target import check_environment
 
     console = Console(verbose=verbose, quiet=quiet)
+    if env is not None:
+        try:
+            check_environment(env)
+        except OpsflowError as err:
+            console.error(str(err))
+            return err.exit_code
     with session() as db:
         rows = [
             {
@@ -242,7 +268,7 @@ def history(
                 "version": r.version,
                 "previous": r.previous_version or "-",
                 "color": r.color or "-",
-                "outcome": r.outcome,
+                "outcome": shown_state(r.outcome, r.host, r.pid),
                 "approved_by": r.approved_by or "-",
                 "started": r.started_at.isoformat(timespec="seconds"),
                 "reason": (r.reason or "")[:80],

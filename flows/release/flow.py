@@ -9,15 +9,19 @@
     verify   /health through the router shows the new version (retried); else switch back
 The old color keeps running unchanged, so `release rollback` is one more switch. A failed,
 rejected or timed-out release puts `current` back to the color live before it, whoever moved
-it meanwhile, and only then stops or restores the idle color. The environment's release lock
+it meanwhile, and only then stops or restores the idle color. The target's release lock
 (flows/release/lock.py) is held from the live check to the end, so no rollback, stop or other
-deploy runs in between (they are refused, exit 2). Every attempt
-leaves a `release_log` row and a `script_execution_log` row; the run ends Failed when the
+deploy runs in between (they are refused, exit 2); each step that changes traffic or a color
+first confirms the lock is still this run's, and a run that lost it (taken over after its
+lease, say while its machine was stopped) changes nothing more: not even a rollback, which
+is now the new holder's to decide. Every attempt leaves a `release_log` row (outcomes in
+flows/records/procedures.py) and a `script_execution_log` row; the run ends Failed when the
 release did not go live, so the UI, `trigger --wait` and the terminal agree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -29,11 +33,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.approval import approval_timeout as approval_seconds
 from flows.approval import request_approval
-from flows.errors import OpsflowError, ValidationError
+from flows.errors import DependencyError, OpsflowError, ValidationError
 from flows.maintenance.record import finish, recorded
+from flows.records.locks import LockLost
 from flows.release import instances
-from flows.release.lock import environment_lock
-from flows.release.target import COLORS, Target, check_version, release_root
+from flows.release.lock import environment_lock, lost
+from flows.release.target import COLORS, PRODUCTION, Target, check_environment, check_version, release_root
 from flows.workflow.notifications import RunNotifier
 
 HEALTH_RETRIES = [1, 2, 4]  # seconds between health probes: a fresh instance may still warm up
@@ -45,9 +50,12 @@ class ReleaseFailed(OpsflowError):
 
 
 def needs_approval(approval: str, environment: str) -> bool:
+    """Whether the switch waits for a decision. `auto` asks in production only: an environment is
+    a plain name and a target directory serves one environment (target.py), so production's
+    directory is never reached under another name, nor production's name with a variant."""
     if approval not in ("auto", "required", "never"):
         raise ValidationError(f"approval must be auto, required or never, not {approval!r}")
-    return approval == "required" or (approval == "auto" and environment == "production")
+    return approval == "required" or (approval == "auto" and check_environment(environment) == PRODUCTION)
 
 
 def healthy_version(url: str, version: str) -> dict[str, Any]:
@@ -178,6 +186,7 @@ def release(
     from prefect.runtime import flow_run
 
     check_version(version)
+    check_environment(environment)
     wait = approval_seconds(approval_timeout)
     must_approve = needs_approval(approval, environment)
     ports = {"blue": blue_port, "green": green_port}
@@ -203,15 +212,25 @@ def release(
     }
     with (
         recorded("release", params, environment) as outcome,
-        environment_lock(environment, f"release deploy {version}", logger.warning) as lock,
+        environment_lock(environment, root_path, f"release deploy {version}", logger.warning) as lock,
     ):
         record = _record_start(environment, version, run_id)
         notifier.emit("started")
-        state = check_live(root_path, router_port, ports)
+        try:
+            with lock.step(logger.warning):
+                Target(root_path).claim(environment)
+                state = check_live(root_path, router_port, ports)
+        except LockLost as exc:
+            _record_update(record, outcome="aborted", reason=lost(environment, exc), done=True)
+            raise DependencyError(lost(environment, exc)) from None
+        except Exception as exc:
+            _record_update(record, outcome="failed", reason=_reason(exc), done=True)
+            raise
         idle, decision = state["idle"], None
         _record_update(record, previous_version=state["live_version"], color=idle)
         try:
-            deploy_idle(root_path, idle, ports[idle], src, version)
+            with lock.step(logger.warning):
+                deploy_idle(root_path, idle, ports[idle], src, version)
             test_color(ports[idle], version)
             if must_approve:
                 what = f"switch {environment} traffic to {idle} ({version}, live: {state['live_version'] or 'none'})"
@@ -227,29 +246,43 @@ def release(
                     lock.set_waiting(None)
                 if not decision.approved:
                     raise ReleaseFailed(f"approval {decision.describe()}")
-            switch_traffic(root_path, idle)
+            with lock.step(logger.warning):
+                switch_traffic(root_path, idle)
             verify_live(router_port, version)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, OpsflowError) else f"{type(exc).__name__}: {exc}"
-            undone = roll_back(root_path, state, ports, router_port)
-            kind = "rejected" if decision is not None and not decision.approved else "rolled_back"
-            outcome.fail(f"{environment}: {version} not released, rolled back ({reason}); {undone}")
+            reason, taken = _reason(exc), exc if isinstance(exc, LockLost) else None
+            if taken is None:
+                try:
+                    with lock.step(logger.warning):
+                        undone = roll_back(root_path, state, ports, router_port)
+                except LockLost as again:
+                    taken = again
             outcome.details = {
                 "live": state["live"],
                 "live_version": state["live_version"],
                 "attempted": idle,
             }
-            _record_update(
-                record,
-                outcome=kind,
-                reason=reason,
-                approved_by=decision.approver if decision else None,
-                done=True,
-            )
-            notifier.emit("rolled_back", duration=time.monotonic() - started, failed=[reason], detail=undone)
+            approver = decision.approver if decision else None
+            if taken is not None:
+                # Another operation holds the target now: what is live is its to decide.
+                line = lost(environment, taken)
+                outcome.fail(f"{line}; {version} not released", taken.exit_code)
+                _record_update(record, outcome="aborted", reason=line, approved_by=approver, done=True)
+                notifier.emit("failed", duration=time.monotonic() - started, failed=[line])
+            else:
+                kind = "rejected" if decision is not None and not decision.approved else "failed"
+                outcome.fail(f"{environment}: {version} not released, rolled back ({reason}); {undone}")
+                _record_update(record, outcome=kind, reason=reason, approved_by=approver, done=True)
+                notifier.emit(
+                    "rolled_back", duration=time.monotonic() - started, failed=[reason], detail=undone
+                )
         except BaseException:
-            # Cancelled or interrupted: no task runs any more, but traffic still goes back.
-            put_back_current(root_path, state)
+            # Cancelled or interrupted: no task runs any more, but traffic still goes back
+            # (if the lock is still this run's), and the record says the release was aborted.
+            with contextlib.suppress(Exception), lock.step(logger.warning):
+                put_back_current(root_path, state)
+            with contextlib.suppress(Exception):
+                _record_update(record, outcome="aborted", reason="cancelled or interrupted", done=True)
             raise
         else:
             kept = f"; {state['live']} keeps {state['live_version']} for rollback" if state["live"] else ""
@@ -271,12 +304,17 @@ def release(
     return finish(outcome, table=colors)
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, OpsflowError) else f"{type(exc).__name__}: {exc}"
+
+
 def _record_start(environment: str, version: str, run_id: str) -> int:
     from flows.records.db import session
+    from flows.records.liveness import this_process
     from flows.records.procedures import ReleaseRecord
 
     with session() as db:
-        row = ReleaseRecord(environment=environment, version=version, flow_run_id=run_id)
+        row = ReleaseRecord(environment=environment, version=version, flow_run_id=run_id, **this_process())
         db.add(row)
         db.flush()
         return row.id

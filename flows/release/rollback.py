@@ -1,12 +1,14 @@
 """`release rollback`: send traffic back to the other color, which still serves the previous release.
 
-The flow holds the environment's release lock (flows/release/lock.py): while a deploy runs or
+The flow holds the target's release lock (flows/release/lock.py): while a deploy runs or
 waits for approval, a rollback is refused (exit 2) instead of switching to the color that
 deploy is preparing. It also refuses (exit 2) when the other color serves nothing, serves a
-version that never went live in this environment (no `released` or `rolled_back` row in the
-release log: say, what a killed deploy left there unapproved), or is not healthy: switching
-to it would put an unapproved release live or take the service down. It leaves a
-`release_log` row with outcome `rolled_back`.
+version that never went live in this environment (no `released` row in the release log: say,
+what a killed deploy left there unapproved, or a version that failed its test), or is not
+healthy: switching to it would put an unapproved release live or take the service down. Its
+switches run as lock steps, so a rollback that lost its lock changes nothing. It leaves a
+`release_log` row with outcome `rolled_back` (or `failed` when its check failed and traffic
+went back).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from prefect import flow, get_run_logger
 
 from flows.errors import DependencyError, OpsflowError
 from flows.maintenance.record import finish, recorded
+from flows.records.locks import LockLost
 from flows.release import instances
 from flows.release.flow import _record_start, _record_update, switch_traffic, verify_live
-from flows.release.lock import environment_lock
-from flows.release.target import Target, other, release_root
+from flows.release.lock import environment_lock, lost
+from flows.release.target import Target, check_environment, other, release_root
 
 
 @flow(name="release-rollback", log_prints=True)
@@ -35,12 +38,13 @@ def rollback_release(
     """Switch `environment`'s traffic back to the color not live now, after checking its health."""
     from prefect.runtime import flow_run
 
-    root_path = release_root(root, environment)
+    root_path = release_root(root, check_environment(environment))
     target, ports = Target(root_path), {"blue": blue_port, "green": green_port}
     params = {"environment": environment, "root": str(root_path), "reason": reason}
+    warn = get_run_logger().warning
     with (
         recorded("release-rollback", params, environment) as outcome,
-        environment_lock(environment, "release rollback", get_run_logger().warning),
+        environment_lock(environment, root_path, "release rollback", warn) as lock,
     ):
         live = target.live()
         if live is None:
@@ -60,16 +64,22 @@ def rollback_release(
             )
         record = _record_start(environment, version, str(flow_run.id))
         _record_update(record, previous_version=target.version(live), color=back)
-        instances.ensure_router(root_path, router_port, ports)
-        switch_traffic(root_path, back)
         try:
-            verify_live(router_port, version)
-        except OpsflowError as exc:
-            switch_traffic(root_path, live)
-            _record_update(record, outcome="failed", reason=str(exc), done=True)
-            raise DependencyError(
-                f"rollback to {back} ({version}) failed its check, {live} is live again: {exc}"
-            ) from None
+            with lock.step(warn):
+                instances.ensure_router(root_path, router_port, ports)
+                switch_traffic(root_path, back)
+            try:
+                verify_live(router_port, version)
+            except OpsflowError as exc:
+                with lock.step(warn):
+                    switch_traffic(root_path, live)
+                _record_update(record, outcome="failed", reason=str(exc), done=True)
+                raise DependencyError(
+                    f"rollback to {back} ({version}) failed its check, {live} is live again: {exc}"
+                ) from None
+        except LockLost as exc:
+            _record_update(record, outcome="aborted", reason=lost(environment, exc), done=True)
+            raise DependencyError(lost(environment, exc)) from None
         _record_update(record, outcome="rolled_back", reason=reason or None, done=True)
         outcome.message = (
             f"{environment}: rolled back to {version} on {back}; {live} keeps {target.version(live)}"

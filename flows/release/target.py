@@ -5,8 +5,12 @@
     ROOT/green -> releases/v2  what the green instance serves
     ROOT/current -> blue       the live color: the router sends traffic there
     ROOT/run/<color>.pid       the instances' process ids (instances.py)
+    ROOT/ENVIRONMENT           the environment this directory is the target of (its first release)
 
 Links are replaced with rename(2), so a reader sees the old or the new target, never none.
+A directory is the target of one environment: its lock and approval policy must not depend on
+how a command spells it (`-e production/`, `--root` naming it under another environment), so
+environment names are plain names and an operation naming another environment is refused.
 Pure file operations: no Prefect, no network.
 """
 
@@ -23,6 +27,8 @@ from flows.errors import PermissionFailure, ValidationError
 
 COLORS = ("blue", "green")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+ENVIRONMENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+PRODUCTION = "production"
 
 
 def other(color: str) -> str:
@@ -35,6 +41,16 @@ def check_version(version: str) -> str:
             f"release version {version!r}: use letters, digits and . _ + - (at most 64), e.g. 1.4.2"
         )
     return version
+
+
+def check_environment(environment: str) -> str:
+    """`environment` when it is a plain name (it names a directory and a lock), else exit 3."""
+    if not ENVIRONMENT_RE.fullmatch(environment or ""):
+        raise ValidationError(
+            f"environment name {environment!r}: use lowercase letters, digits, _ and - starting with "
+            "a letter (at most 63), e.g. production — a name, not a path (use --root for a directory)"
+        )
+    return environment
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,46 @@ class Target:
             shutil.rmtree(staging, ignore_errors=True)
         return dest, True
 
+    def environment(self) -> str | None:
+        """The environment this directory is the target of, as its first release recorded it."""
+        try:
+            name = self.link("ENVIRONMENT").read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PermissionFailure(f"cannot read {self.link('ENVIRONMENT')}: {exc.strerror}") from None
+        return name or None
+
+    def claim(self, environment: str) -> None:
+        """Record that this directory is `environment`'s target, unless it already says whose it is."""
+        if self.environment() is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f".ENVIRONMENT.{os.getpid()}.tmp"
+        temp.write_text(check_environment(environment) + "\n")
+        os.replace(temp, self.link("ENVIRONMENT"))
+
+    def owner(self) -> str | None:
+        """Whose target this directory is: what it recorded, else the environment whose default
+        directory it is (production's included before its first release), else nobody yet."""
+        recorded = self.environment()
+        if recorded is not None:
+            return recorded
+        here = self.root.resolve()
+        for name in (PRODUCTION, here.name):
+            if ENVIRONMENT_RE.fullmatch(name) and release_root(None, name) == here:
+                return name
+        return None
+
+    def check_owner(self, environment: str) -> None:
+        """Exit 3 when this directory is the target of another environment than `environment`."""
+        owner = self.owner()
+        if owner is not None and owner != environment:
+            raise ValidationError(
+                f"{self.root} is the target of {owner}, not of {environment}: "
+                f"name its environment (-e {owner}) to operate on it"
+            )
+
     def releases(self) -> list[str]:
         base = self.root / "releases"
         if not base.is_dir():
@@ -121,10 +177,12 @@ class Target:
 
 
 def release_root(root: str | None, environment: str) -> Path:
-    """`root`, else $OPSFLOW_RELEASE_ROOT/<environment>, else ~/.opsflow/releases/<environment>."""
+    """`root`, else $OPSFLOW_RELEASE_ROOT/<environment>, else ~/.opsflow/releases/<environment>;
+    resolved (links included), so one directory has one name for its lock."""
     if root:
         return Path(root).expanduser().resolve()
     from flows.local_server import opsflow_home
 
     base = os.environ.get("OPSFLOW_RELEASE_ROOT")
-    return (Path(base).expanduser() if base else opsflow_home() / "releases").resolve() / environment
+    home = Path(base).expanduser() if base else opsflow_home() / "releases"
+    return (home / check_environment(environment)).resolve()

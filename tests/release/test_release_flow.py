@@ -101,7 +101,7 @@ def test_a_release_failing_its_test_is_rolled_back_and_live_is_untouched(
     assert (
         Target(target_root).version("green") is None and instances.running_pid(target_root, "green") is None
     )
-    assert history("staging-b")[0]["outcome"] == "rolled_back"
+    assert history("staging-b")[0]["outcome"] == "failed"
 
 
 def test_production_waits_for_approval_and_a_rejection_rolls_back(

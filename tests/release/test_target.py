@@ -11,13 +11,56 @@ from flows.errors import DependencyError, ValidationError
 from flows.release import instances
 from flows.release.cli import ports_of
 from flows.release.flow import needs_approval
-from flows.release.target import Target, check_version, other, release_root
+from flows.release.target import Target, check_environment, check_version, other, release_root
 
 
 @pytest.mark.parametrize("bad", ["", "../x", "1.0/../../etc", "-rf", "a b", "v1;rm", "x" * 65])
 def test_hostile_versions_are_refused(bad):
     with pytest.raises(ValidationError, match="release version"):
         check_version(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "production/",
+        "./production",
+        "/srv/production",
+        "../production",
+        "Production",
+        "a b",
+        "-x",
+        "x" * 64,
+    ],
+)
+def test_environment_names_are_plain_names(bad):
+    with pytest.raises(ValidationError, match="environment name"):
+        check_environment(bad)
+    with pytest.raises(ValidationError, match="environment name"):
+        needs_approval("auto", bad)
+
+
+def test_a_directory_serves_one_environment_whatever_leads_to_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPSFLOW_RELEASE_ROOT", str(tmp_path / "releases"))
+    production = Target(release_root(None, "production"))
+    assert production.owner() == "production"  # its default directory, before any release
+    with pytest.raises(ValidationError, match="is the target of production, not of staging"):
+        production.check_owner("staging")
+
+    custom = Target(tmp_path / "srv")
+    assert custom.owner() is None
+    custom.check_owner("staging")
+    custom.claim("staging")
+    custom.claim("qa")  # the first environment keeps it
+    assert custom.owner() == "staging" and (custom.root / "ENVIRONMENT").read_text() == "staging\n"
+    with pytest.raises(ValidationError, match="is the target of staging, not of production"):
+        custom.check_owner("production")
+    (tmp_path / "alias").symlink_to(custom.root)
+    assert release_root(str(tmp_path / "alias"), "production") == custom.root
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "releases" / "qa").symlink_to(custom.root)
+    assert release_root(None, "qa") == custom.root  # one directory, one name
 
 
 def test_first_release_goes_to_blue_then_colors_alternate(tmp_path, app):
