@@ -28,7 +28,7 @@ from pydantic import SecretStr
 
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, DependencyError, ValidationError
-from flows.maintenance.guard import writable_target
+from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.housekeeping import Table, find_tables_in, format_table, open_target, split_names
 from flows.maintenance.pg import Target, ident
 from flows.maintenance.record import finish, recorded
@@ -248,6 +248,7 @@ def enable_audit_trail(
     names = split_names(tables)
     params = {"dry_run": dry_run, "database": str(target), "tables": names, "audit_schema": audit_schema}
     with recorded("db-audit-enable", params, settings) as outcome:
+        target = verified_target(target, settings, "db audit enable")
         if not names:
             raise ValidationError("name at least one table to audit")
         changes, per_table = enable_audit(target, settings, names, audit_schema, dry_run)

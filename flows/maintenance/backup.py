@@ -38,7 +38,7 @@ from flows.maintenance.backup_files import (
     stale_partials,
     write_manifest,
 )
-from flows.maintenance.guard import writable_target
+from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.pg import (
     Target,
     connect,
@@ -283,6 +283,7 @@ def backup_restore(
     target = writable_target(settings, "db backup restore")
     params = {"backup": backup, "into": into, "keep_replaced": keep_replaced, "dry_run": dry_run}
     with recorded("db-backup-restore", params | {"database": str(target)}, settings) as outcome:
+        target = verified_target(target, settings, "db backup restore")
         manifest, path = find_backup(settings.backups(), backup, target.dbname)
         check_checksum(manifest, path)
         destination = into or target.dbname

@@ -56,11 +56,11 @@ def run(
         url = params.get("database_url")
         settings = load_settings(params.get("environment"), database_url=url)
         if needs_database:
-            from flows.maintenance.guard import WRITING_PROCEDURES, writable_target
+            from flows.maintenance.guard import WRITING_PROCEDURES
             from flows.maintenance.pg import Target
 
             if flow in WRITING_PROCEDURES:  # refused here too, before a flow run is started
-                writable_target(settings, WRITING_PROCEDURES[flow])
+                refuse_before_running(settings, WRITING_PROCEDURES[flow])
             else:
                 Target.from_url(settings.require_database())
     except OpsflowError as err:
@@ -70,6 +70,21 @@ def run(
     return run_procedure(
         console, flow, json_output=json_output, verbose=verbose, quiet=quiet, **extra, **params
     )
+
+
+def refuse_before_running(settings: Any, procedure: str) -> None:
+    """The records-database checks of a writing procedure, so a refusal starts no flow run.
+    Other failures of the check (an unreachable target) are left to the flow, which records them."""
+    from flows.errors import OpsflowError, ValidationError
+    from flows.maintenance.guard import verified_target, writable_target
+
+    target = writable_target(settings, procedure)
+    try:
+        verified_target(target, settings, procedure)
+    except ValidationError:
+        raise
+    except OpsflowError:
+        pass
 
 
 @db_app.command("init")

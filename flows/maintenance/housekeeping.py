@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_PERMISSION, OpsflowError, ValidationError
-from flows.maintenance.guard import writable_target
+from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.pg import Target, connect, ident, scrub, translate
 from flows.maintenance.record import finish, recorded
 from flows.maintenance.retry import transient_retries
@@ -587,6 +587,7 @@ def purge_soft_deleted(
         "audit_schema": audit_schema,
     }
     with recorded("db-purge", params, settings) as outcome:
+        target = verified_target(target, settings, "db purge")
         age = parse_age(older_than)
         if batch_size < 1:
             raise ValidationError(f"--batch-size {batch_size}: give at least 1")

@@ -15,7 +15,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from flows.errors import EXIT_DRY_RUN
-from flows.maintenance.guard import writable_target
+from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.pg import Target, connect, database_exists, ident
 from flows.maintenance.record import Outcome, finish, recorded
 from flows.maintenance.retry import transient_retries
@@ -113,6 +113,7 @@ def init_database(
     target = writable_target(settings, "db init")
     params = {"dry_run": dry_run, "database": str(target)} | plan_parameters(settings)
     with recorded("db-init", params, settings) as outcome:
+        target = verified_target(target, settings, "db init")
         changes = ensure_roles(target, [settings.owner_role, settings.readonly_role], dry_run)
         changes += ensure_database(target, settings.owner_role, dry_run)
         if dry_run and changes and any(c.startswith("create database") for c in changes):

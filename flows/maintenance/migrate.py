@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from flows.errors import EXIT_DRY_RUN, OpsflowError
 from flows.maintenance.backup import backup_create, restore_database
 from flows.maintenance.backup_files import find_backup
-from flows.maintenance.guard import writable_target
+from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.migrations import Applied, Migration, discover, out_of_order, plan, refuse_changed
 from flows.maintenance.pg import Target, connect, run_tool
 from flows.maintenance.record import finish, recorded
@@ -169,6 +169,7 @@ def migrate(
     directory = settings.migrations_dir
     params = {"dry_run": dry_run, "backup": backup, "migrations_dir": str(directory), "database": str(target)}
     with recorded("db-migrate", params, settings) as outcome:
+        target = verified_target(target, settings, "db migrate")
         migrations = discover(directory)
         with connect(target, autocommit=True) as lock:
             if not lock.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:

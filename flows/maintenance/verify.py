@@ -22,7 +22,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from flows.errors import EXIT_DRY_RUN, DependencyError
-from flows.maintenance.guard import writable_target
+from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.init import init_database
 from flows.maintenance.migrate import history_head, migrate, read_applied
 from flows.maintenance.migrations import discover, plan
@@ -82,6 +82,7 @@ def extensions(
     target = writable_target(settings, "db extensions")
     params = {"dry_run": dry_run, "extensions": settings.extensions, "database": str(target)}
     with recorded("db-extensions", params, settings) as outcome:
+        target = verified_target(target, settings, "db extensions")
         with connect(target) as conn:
             require_migrated(conn, settings)
         created = deploy_extensions(target, settings.extensions, dry_run)
@@ -183,6 +184,7 @@ def setup(environment: str | None = None, database_url: SecretStr | None = None)
     settings = load_settings(environment, database_url=database_url)
     target = writable_target(settings, "db setup")
     with recorded("db-setup", {"database": str(target)}, settings) as outcome:
+        verified_target(target, settings, "db setup")  # each step checks its own too
         done = []
         for name, step in steps:
             state = step(environment=environment, database_url=database_url, return_state=True)

@@ -32,6 +32,7 @@ from flows.errors import ConnectionFailure, OpsflowError, PermissionFailure, Val
 
 # Imported for its side effect: the record tables must be in SQLModel.metadata before create_all.
 from flows.records import breakers as _breakers  # noqa: F401
+from flows.records import instance as _instance
 from flows.records import locks as _locks  # noqa: F401
 from flows.records import models as _models  # noqa: F401
 from flows.records import procedures as _procedures  # noqa: F401
@@ -162,6 +163,7 @@ def create_tables(engine: Engine) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             SQLModel.metadata.create_all(conn)
             _add_missing_columns(conn)
+            _instance.ensure_instance_id(conn)
             conn.commit()
     except DBAPIError as exc:
         failure = translate_error(exc, engine.url)
@@ -200,6 +202,32 @@ def get_engine(url: str | URL | None = None) -> Engine:
                 raise
             _engines[key] = engine
         return engine
+
+
+def instance_id(url: str | URL | None = None) -> str:
+    """The random id the records database was given when its tables were created
+    (flows/records/instance.py); given again should someone have deleted it since."""
+    engine = get_engine(url)
+
+    def read() -> str | None:
+        with engine.connect() as conn:
+            return _instance.read_instance_id(conn)
+
+    try:
+        found = read()
+    except DBAPIError as exc:
+        if translate_error(exc, engine.url) is not None:
+            raise records_failure(exc, engine.url) from exc
+        found = None  # its table was dropped after this process created it
+    if found is None:
+        create_tables(engine)
+        try:
+            found = read()
+        except DBAPIError as exc:
+            raise records_failure(exc, engine.url) from exc
+    if found is None:  # pragma: no cover - create_tables always leaves one
+        raise records_failure(RuntimeError("no instance id after creating the tables"), engine.url)
+    return found
 
 
 def dispose_engines() -> None:

@@ -4,24 +4,33 @@ With both `OPSFLOW_DATABASE_URL` (the records) and `OPSFLOW_TARGET_DATABASE_URL`
 procedure once acted on the records database: a failing migration "restored" it and renamed
 the live one aside. Now the target reads only `OPSFLOW_TARGET_DATABASE_URL`, `DATABASE_URL`
 and `--database-url`, and the procedures that write to it refuse the records database (exit 3).
+
+Spelling the records server otherwise (`:05432`, `0x7f000001`, `[::ffff:127.0.0.1]`, `PGHOSTADDR`
+over the URL's host, another name of the machine) once passed that check and `db migrate` dropped
+a records table: the URLs are now read as libpq reads them, and the server is asked who it is.
 All of it on real PostgreSQL databases of the test's own and the session's Prefect server.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
+from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 import pytest
 from pydantic import SecretStr
 
 from flows.batch import main
 from flows.errors import ValidationError
+from flows.maintenance import guard
 from flows.maintenance.audit import enable_audit_trail
 from flows.maintenance.backup import backup_create, backup_restore
 from flows.maintenance.housekeeping import analyze_tables, purge_soft_deleted
 from flows.maintenance.init import init_database
 from flows.maintenance.migrate import migrate, migration_status
+from flows.maintenance.pg import Target
 from flows.maintenance.settings import load_settings
 from flows.maintenance.verify import extensions, setup
 from flows.records import db as records_store
@@ -216,3 +225,198 @@ def test_read_only_procedures_may_read_the_records_database(records_db, monkeypa
     assert analyze_tables(tables=["notes"])["exit_code"] == 0
     assert backup_create(label="records")["exit_code"] == 0
     assert rows(records_db, "SELECT count(*) FROM notes") == [(40,)]
+
+
+# --- Other spellings of the same server ------------------------------------------------------
+# Each reached the records database on the old URL comparison, and `db migrate` dropped a records
+# table there. {db} is the records database's name; the server is the test's 127.0.0.1:5432.
+SPELLINGS = {
+    "port-leading-zero": ("postgresql://postgres@127.0.0.1:05432/{db}", {}),
+    "port-plus-sign": ("postgresql://postgres@127.0.0.1:+5432/{db}", {}),
+    "PGPORT-leading-zero": ("postgresql://postgres@127.0.0.1/{db}", {"PGPORT": "05432"}),
+    "decimal-address": ("postgresql://postgres@2130706433/{db}", {}),
+    "hex-address": ("postgresql://postgres@0x7f000001/{db}", {}),
+    "octal-address": ("postgresql://postgres@0177.0.0.1/{db}", {}),
+    "short-address": ("postgresql://postgres@127.1:5432/{db}", {}),
+    "unspecified-address": ("postgresql://postgres@0.0.0.0/{db}", {}),
+    "zero": ("postgresql://postgres@0/{db}", {}),
+    "v4-mapped-v6": ("postgresql://postgres@[::ffff:127.0.0.1]/{db}", {}),
+    "conninfo-hex-and-port": ("host=0x7f000001 port=05432 dbname={db} user=postgres", {}),
+    "conninfo-decimal": ("host=2130706433 dbname={db} user=postgres", {}),
+    "conninfo-v4-mapped": ("host=::ffff:127.0.0.1 port=+5432 dbname={db} user=postgres", {}),
+    "conninfo-zero": ("host=0 dbname={db} user=postgres", {}),
+    "PGHOSTADDR-over-host": (
+        "postgresql://postgres@records-elsewhere.invalid/{db}",
+        {"PGHOSTADDR": "127.0.0.1"},
+    ),
+    "hostaddr-over-host": ("postgresql://postgres@records-elsewhere.invalid/{db}?hostaddr=127.0.0.1", {}),
+    "PGHOST-hex": ("postgresql:///{db}", {"PGHOST": "0x7f000001"}),
+    "second-of-two-hosts": ("postgresql://postgres@records-elsewhere.invalid:5432,0x7f000001:05432/{db}", {}),
+}
+
+# A hostile migration: what the records database lost when the guard was passed.
+DROP_A_RECORDS_TABLE = "DROP TABLE dead_letter_queue;\n"
+
+
+@pytest.fixture
+def hostile_migrations(tmp_path, monkeypatch):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / "001_drop_records.sql").write_text(DROP_A_RECORDS_TABLE)
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+    return folder
+
+
+def records_intact(records_url: str, admin_url: str) -> None:
+    assert regclass(records_url, "dead_letter_queue") == "dead_letter_queue"
+    assert regclass(records_url, "migration_history") is None
+    name = records_url.rsplit("/", 1)[1]
+    assert databases(admin_url, name) == [name]
+
+
+def refused_on_the_command_line(command: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "[ERROR]" in line]
+    assert done.value.code == 3, errors
+    assert len(errors) == 1 and "refused" in errors[0], errors
+    assert "OPSFLOW_TARGET_DATABASE_URL" in errors[0] and "OPSFLOW_DATABASE_URL" in errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+def test_every_spelling_of_the_records_server_is_refused(
+    spelling, records_db, pg_admin_url, hostile_migrations, monkeypatch, capsys
+):
+    url, environment = SPELLINGS[spelling]
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    name = records_db.rsplit("/", 1)[1]
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", url.format(db=name))
+    refused_on_the_command_line(["db", "migrate"], capsys)
+    records_intact(records_db, pg_admin_url)
+
+
+def test_a_spelling_is_refused_by_the_flow_itself(records_db, pg_admin_url, hostile_migrations, monkeypatch):
+    """A deployment run has no command line in front: the flow refuses on its own."""
+    name = records_db.rsplit("/", 1)[1]
+    monkeypatch.setenv("PGHOSTADDR", "127.0.0.1")
+    monkeypatch.setenv(
+        "OPSFLOW_TARGET_DATABASE_URL", f"postgresql://postgres@records-elsewhere.invalid/{name}"
+    )
+    _refused(migrate(return_state=True))
+    records_intact(records_db, pg_admin_url)
+
+
+def _names_of_loopback() -> list[str]:
+    names = [socket.gethostname(), socket.getfqdn(), "localhost.localdomain"]
+    hosts = Path("/etc/hosts")
+    if hosts.is_file():
+        for line in hosts.read_text().splitlines():
+            fields = line.split("#", 1)[0].split()
+            if len(fields) > 1 and fields[0].startswith(("127.", "::1")):
+                names += fields[1:]
+    return list(dict.fromkeys(names))
+
+
+@pytest.fixture(scope="module")
+def server_alias(pg_admin_url) -> str:
+    """Another name of the test's PostgreSQL server that the URL check cannot see through (the
+    machine's host name, an /etc/hosts alias of a loopback address): only the server can say."""
+    admin = psycopg.conninfo.conninfo_to_dict(pg_admin_url)
+    for name in _names_of_loopback():
+        if name.split(".")[0] in {"localhost", "ip6-localhost", "ip6-loopback"}:
+            continue  # recognised by spelling
+        try:
+            with psycopg.connect(**{**admin, "host": name}, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            continue
+        return name
+    pytest.skip("no other name of this machine reaches the test's PostgreSQL server")
+
+
+def test_a_host_alias_is_refused_by_what_the_server_says(
+    records_db, pg_admin_url, server_alias, hostile_migrations, monkeypatch, capsys
+):
+    name = records_db.rsplit("/", 1)[1]
+    alias_url = f"postgresql://postgres@{server_alias}:5432/{name}"
+    # The URLs differ, so only the connection can tell.
+    assert not guard.same_database(dict(Target.from_url(alias_url).params), guard.records_parameters())
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", alias_url)
+    refused_on_the_command_line(["db", "migrate"], capsys)
+    records_intact(records_db, pg_admin_url)
+
+
+@pytest.mark.parametrize("procedure", list(WRITERS))
+def test_every_writing_flow_asks_the_server(
+    procedure, records_db, pg_admin_url, server_alias, tmp_path, monkeypatch
+):
+    rows(records_db, NOTES)
+    name = records_db.rsplit("/", 1)[1]
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", f"postgresql://postgres@{server_alias}/{name}")
+    folder = tmp_path / "migrations"
+    shutil.copytree(ROOT / "deployments" / "migrations", folder)
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+    assert backup_create(label="records")["exit_code"] == 0  # read-only: allowed
+    run_flow, _ = WRITERS[procedure]
+    _refused(run_flow())
+    assert rows(records_db, "SELECT count(*) FROM notes") == [(40,)]
+    for table in ("migration_history", "audit_log"):
+        assert regclass(records_db, table) is None, table
+    assert rows(records_db, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == [(0,)]
+    assert databases(pg_admin_url, name) == [name]
+
+
+def test_a_copy_of_the_records_database_holds_its_id_and_is_refused(
+    records_db, pg_admin_url, server_alias, hostile_migrations, monkeypatch, capsys
+):
+    name = records_db.rsplit("/", 1)[1]
+    copy = f"{name}_copy"
+    records_store.dispose_engines()  # a template may have no sessions
+    rows(pg_admin_url, f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", f"postgresql://postgres@{server_alias}/{copy}")
+    line = refused_on_the_command_line(["db", "migrate"], capsys)
+    assert "copy" in line
+    assert regclass(url_for(pg_admin_url, copy), "dead_letter_queue") == "dead_letter_queue"
+
+
+def test_other_databases_of_the_same_server_stay_allowed(
+    records_db, pg_admin_url, scratch_db_name, server_alias, tmp_path, monkeypatch
+):
+    """The records and the target may share a server, even spelled alike, as long as they are
+    two databases; another opsflow's records database (another id) is an ordinary target."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "001_notes.sql").write_text("CREATE TABLE maintained (id int);\n")
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+    rows(pg_admin_url, f'CREATE DATABASE "{scratch_db_name}"')
+    other = f"{scratch_db_name}_other_records"
+    rows(pg_admin_url, f'CREATE DATABASE "{other}"')
+    engine = records_store.make_engine(url_for(pg_admin_url, other))
+    try:
+        records_store.create_tables(engine)  # its own instance id
+    finally:
+        engine.dispose()
+    for host, database in (
+        ("127.0.0.1", scratch_db_name),
+        (server_alias, other),
+        ("0x7f000001", scratch_db_name),
+    ):
+        url = f"postgresql://postgres@{host}:5432/{database}"
+        monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", url)
+        done = migrate(backup=False)
+        assert done["exit_code"] == 0, done
+        assert regclass(url_for(pg_admin_url, database), "maintained") == "maintained"
+    records_intact(records_db, pg_admin_url)
+
+
+def test_the_procedure_writes_where_the_check_looked(records_db, pg_admin_url, scratch_db_name, server_alias):
+    """The checked target is pinned to the address that answered, for the procedure and its tools."""
+    rows(pg_admin_url, f'CREATE DATABASE "{scratch_db_name}"')
+    url = f"postgresql://postgres@{server_alias}/{scratch_db_name}"
+    settings = load_settings(database_url=SecretStr(url))
+    checked = guard.verified_target(guard.writable_target(settings, "db migrate"), settings, "db migrate")
+    assert checked.get("hostaddr") == "127.0.0.1" and checked.get("host") == server_alias
+    assert checked.get("port") == "5432" and checked.dbname == scratch_db_name
