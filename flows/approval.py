@@ -25,7 +25,7 @@ DEFAULT_TIMEOUT = "1h"
 def approval_timeout(value: str | float | None = None) -> float:
     """Seconds to wait for a decision: the argument, else OPSFLOW_APPROVAL_TIMEOUT, else 1h."""
     text = value if value is not None else os.environ.get("OPSFLOW_APPROVAL_TIMEOUT", DEFAULT_TIMEOUT)
-    seconds = float(text) if isinstance(text, int | float) else parse_duration(str(text))
+    seconds = parse_duration(text if isinstance(text, int | float) else str(text))
     if seconds <= 0:
         raise ValueError(f"approval timeout must be positive, got {text!r}")
     return seconds

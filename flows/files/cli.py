@@ -12,6 +12,7 @@ import typer
 
 from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
+from flows.durations import MAX_DURATION_SECONDS
 from flows.errors import EXIT_CONFIG, EXIT_CONNECTION, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 
 files_app = typer.Typer(
@@ -60,7 +61,10 @@ def run(
     workers: Annotated[int, typer.Option(help="Files processed at once.", min=1)] = 2,
     retries: Annotated[int, typer.Option(help="Retries per file before the fallbacks.", min=0)] = 2,
     retry_delay: Annotated[
-        float, typer.Option(help="First retry delay in seconds (doubles, ±25% jitter).", min=0)
+        float,
+        typer.Option(
+            help="First retry delay in seconds (doubles, ±25% jitter).", min=0, max=MAX_DURATION_SECONDS
+        ),
     ] = 1.0,
     fallback: Annotated[
         list[str] | None, typer.Option(help="Processors tried in order after the retries: P2,P3 or repeated.")
@@ -71,7 +75,10 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be processed or skipped; exit 10.")
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds one attempt at one file may take.", min=0)] = 300.0,
+    timeout: Annotated[
+        float,
+        typer.Option(help="Seconds one attempt at one file may take.", min=0, max=MAX_DURATION_SECONDS),
+    ] = 300.0,
     chunk_size: Annotated[
         int | None, typer.Option(help="Files per task (default: chosen from the batch size).", min=1)
     ] = None,
@@ -354,16 +361,28 @@ def serve(
         ),
     ] = None,
     signature_tolerance: Annotated[
-        float, typer.Option(help="Seconds a signature's timestamp may differ from this clock.", min=1)
+        float,
+        typer.Option(
+            help="Seconds a signature's timestamp may differ from this clock.",
+            min=1,
+            max=MAX_DURATION_SECONDS,
+        ),
     ] = 300.0,
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 beyond).", min=1)] = 1024
     * 1024,
     body_timeout: Annotated[
-        float, typer.Option(help="Seconds the whole body may take to arrive (408 beyond).", min=0.1)
+        float,
+        typer.Option(
+            help="Seconds the whole body may take to arrive (408 beyond).", min=0.1, max=MAX_DURATION_SECONDS
+        ),
     ] = 30.0,
     header_timeout: Annotated[
         float,
-        typer.Option(help="Seconds a connection may take to send a request's head (408, closed).", min=0.1),
+        typer.Option(
+            help="Seconds a connection may take to send a request's head (408, closed).",
+            min=0.1,
+            max=MAX_DURATION_SECONDS,
+        ),
     ] = 10.0,
     max_header_size: Annotated[
         int, typer.Option(help="Largest request head in bytes (400/431 beyond).", min=1024)

@@ -9,6 +9,7 @@ import typer
 
 from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
+from flows.durations import MAX_DURATION_SECONDS
 from flows.errors import EXIT_CONFIG, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import dlq_app, files_app
 from flows.records.liveness import shown_state
@@ -158,7 +159,9 @@ def dlq_reprocess(
     processor: Annotated[
         str | None, typer.Option("--processor", "-p", help="Use this processor instead of the item's.")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds one attempt may take.", min=0)] = 300.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one attempt may take.", min=0, max=MAX_DURATION_SECONDS)
+    ] = 300.0,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flows.durations import MAX_DURATION_TEXT, check_duration, shown
 from flows.errors import OpsflowError, ValidationError
 from flows.user_files import open_regular, read_user_text
 
@@ -61,7 +62,11 @@ def parse_duration(text: str, *, what: str = "duration") -> timedelta:
     match = _DURATION.match(str(text))
     if not match:
         raise ValidationError(f"{what} {text!r} is not a duration like 30d, 24h, 15m or 90s")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        seconds = check_duration(float(match.group(1)) * _UNITS[match.group(2)], text)
+    except ValueError:
+        raise ValidationError(f"{what} {shown(text)}: give at most {MAX_DURATION_TEXT}") from None
+    return timedelta(seconds=seconds)
 
 
 def new_backup_id(database: str, now: datetime | None = None) -> str:

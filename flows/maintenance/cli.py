@@ -6,6 +6,7 @@ with seed 003's codes. Options given here override settings (`OPSFLOW_*`, `.env.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -44,15 +45,18 @@ def run(
     quiet: bool,
     needs_database: bool = True,
     render: Any = None,
+    check: Callable[[], object] | None = None,
     **params: Any,
 ) -> int:
-    """Validate the settings first (exit 3 before any run starts), then run the flow
-    (`module:function`, imported only once Prefect's API and logging are set up)."""
+    """Validate the settings and `check` the options first (exit 3 before any run starts), then
+    run the flow (`module:function`, imported only once Prefect's API and logging are set up)."""
     from flows.errors import OpsflowError
     from flows.maintenance.settings import load_settings
     from flows.maintenance.terminal import run_procedure
 
     try:
+        if check is not None:
+            check()
         url = params.get("database_url")
         settings = load_settings(params.get("environment"), database_url=url)
         if needs_database:
@@ -195,6 +199,7 @@ def backup_verify(
         json_output=json_output,
         verbose=verbose,
         quiet=quiet,
+        check=lambda: _duration(within, "--within"),
         backup=backup,
         within=within,
         no_cache=no_cache,
@@ -255,12 +260,20 @@ def backup_prune(
         json_output=json_output,
         verbose=verbose,
         quiet=quiet,
+        check=lambda: _duration(older_than, "--older-than"),
         keep_last=keep_last,
         older_than=older_than,
         dry_run=dry_run,
         environment=env,
         database_url=secret(database_url),
     )
+
+
+def _duration(text: str | None, option: str) -> None:
+    from flows.maintenance.backup_files import parse_duration
+
+    if text:
+        parse_duration(text, what=option)
 
 
 def table(rows: list[dict[str, Any]]) -> str:

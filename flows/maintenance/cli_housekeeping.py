@@ -9,6 +9,7 @@ import typer
 
 from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
+from flows.maintenance.ages import parse_age
 from flows.maintenance.cli import DatabaseUrl, DryRun, Env, db_app, run, secret
 
 Tables = Annotated[
@@ -128,6 +129,7 @@ def purge(
         json_output=json_output,
         verbose=verbose,
         quiet=quiet,
+        check=lambda: parse_age(older_than),
         render=_render("flows.maintenance.housekeeping:render_purge"),
         table=table,
         older_than=older_than,

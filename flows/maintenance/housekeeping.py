@@ -23,7 +23,6 @@ always parameters.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,6 +36,7 @@ from pydantic import SecretStr
 
 from flows.console import Console
 from flows.errors import EXIT_DRY_RUN, EXIT_FAILURE, EXIT_PERMISSION, OpsflowError, ValidationError
+from flows.maintenance.ages import parse_age
 from flows.maintenance.guard import verified_target, writable_target
 from flows.maintenance.pg import Target, connect, ident, scrub, translate
 from flows.maintenance.record import finish, recorded
@@ -124,18 +124,6 @@ def parse_table_name(text: str) -> tuple[str | None, str]:
     if len(parts) > 2:
         raise ValidationError(f"table name {text!r} is not [schema.]table")
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-
-
-_AGE = re.compile(r"^\s*(\d+)\s*(d|days?|h|hours?|w|weeks?)?\s*$", re.IGNORECASE)
-
-
-def parse_age(text: str) -> timedelta:
-    """`90d` (the default unit is days), `36h`, `2w` → a timedelta."""
-    match = _AGE.match(str(text))
-    if not match:
-        raise ValidationError(f"--older-than {text!r}: give an age like 90d, 36h or 2w")
-    amount, unit = int(match[1]), (match[2] or "d")[0].lower()
-    return {"d": timedelta(days=amount), "h": timedelta(hours=amount), "w": timedelta(weeks=amount)}[unit]
 
 
 def split_names(values: list[str] | None) -> list[str]:

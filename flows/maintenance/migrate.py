@@ -9,6 +9,7 @@ dependency matrix: the database must exist (`db init`), otherwise exit 2.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import zlib
@@ -25,7 +26,15 @@ from flows.errors import EXIT_DRY_RUN, OpsflowError
 from flows.maintenance.backup import backup_create, restore_database
 from flows.maintenance.backup_files import find_backup
 from flows.maintenance.guard import verified_target, writable_target
-from flows.maintenance.migrations import Applied, Migration, discover, out_of_order, plan, refuse_changed
+from flows.maintenance.migrations import (
+    Applied,
+    Migration,
+    checksum,
+    discover,
+    out_of_order,
+    plan,
+    refuse_changed,
+)
 from flows.maintenance.pg import Target, connect, run_tool
 from flows.maintenance.record import finish, recorded
 from flows.maintenance.settings import load_settings
@@ -82,12 +91,17 @@ def apply_migrations(target: Target, migrations: list[Migration]) -> list[dict[s
     migrations before it committed. A `no-transaction` file runs statement by statement
     (CREATE INDEX CONCURRENTLY), then its row is written. One session instead of one psql
     per file keeps a batch of small migrations close to a plain `psql -f` loop.
+
+    psql reads private copies (a 0700 directory of files written 0600) of the bytes whose
+    checksum is recorded, never the migrations directory: a file changed while earlier
+    migrations run cannot put other SQL under the recorded checksum.
     """
     logger = get_run_logger()
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="opsflow-migrate-") as driver:
-        driver.write(driver_script(migrations))
-        driver.flush()
-        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", driver.name]
+    with tempfile.TemporaryDirectory(prefix="opsflow-migrate-") as private:
+        copies = {str(write_copy(Path(private), m)): m for m in migrations}
+        driver = Path(private) / "driver.sql"
+        _write_private(driver, driver_script(migrations, list(copies)).encode())
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(driver)]
         done = run_tool(target, [*argv, "--dbname", target.conninfo(with_password=False)])
     finished = [
         int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("opsflow:applied ")
@@ -97,14 +111,31 @@ def apply_migrations(target: Target, migrations: list[Migration]) -> list[dict[s
         logger.info(f"applied {by_version[version].label}")
     if done.returncode != 0:
         failing = next(m for m in migrations if m.version not in finished)
-        raise _failure(failing, done.stderr, applied=finished)
+        raise _failure(failing, done.stderr, applied=finished, copies=copies)
     return [{"version": v, "name": by_version[v].name} for v in finished]
 
 
-def driver_script(migrations: list[Migration]) -> str:
-    """The psql script that applies `migrations`, each in its own transaction with its record."""
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def write_copy(folder: Path, migration: Migration) -> Path:
+    """`migration`'s SQL as it was read and hashed, in `folder` under its own file name."""
+    data = migration.sql.encode("utf-8")  # the file's bytes: they were read as strict UTF-8
+    if checksum(data) != migration.checksum:  # pragma: no cover - a decode/encode round trip
+        raise OpsflowError(f"{migration.path}: its SQL no longer matches its checksum")
+    copy = folder / f"{migration.version:08d}-{migration.path.name}"
+    _write_private(copy, data)
+    return copy
+
+
+def driver_script(migrations: list[Migration], files: list[str]) -> str:
+    """The psql script that applies `migrations`, read from `files` (their private copies), each
+    in its own transaction with its record."""
     lines = []
-    for migration in migrations:
+    for migration, file in zip(migrations, files, strict=True):
         values = sql.SQL(", ").join(
             sql.Literal(v) for v in (migration.version, migration.name, migration.checksum)
         )
@@ -117,7 +148,7 @@ def driver_script(migrations: list[Migration]) -> str:
             .format(values, sql.SQL(":'opsflow_started'"))
             .as_string(None)
         )
-        path = str(migration.path).replace("'", "''")
+        path = file.replace("'", "''")
         lines += [
             "SELECT clock_timestamp() AS opsflow_started \\gset",
             *(["BEGIN;"] if migration.transactional else []),
@@ -129,17 +160,22 @@ def driver_script(migrations: list[Migration]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _failure(migration: Migration, stderr: str, applied: list[int]) -> MigrationFailed:
-    """psql's `psql:FILE:LINE: ERROR:  message` as a one-line error with file:line."""
+def _failure(
+    migration: Migration, stderr: str, applied: list[int], copies: dict[str, Migration]
+) -> MigrationFailed:
+    """psql's `psql:FILE:LINE: ERROR:  message` as a one-line error with file:line (of the
+    migration file, also when psql ran its private copy)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     error = next((line for line in lines if "ERROR:" in line or "FATAL:" in line), lines[-1] if lines else "")
     match = re.match(r"psql:(?P<file>.+?):(?P<line>\d+): (?:ERROR|FATAL):\s*(?P<message>.*)", error)
     where = (
         f"{migration.path}:{match['line']}"
-        if match and match["file"] == str(migration.path)
+        if match and copies.get(match["file"]) is migration
         else str(migration.path)
     )
     message = match["message"] if match else error or "psql failed"
+    for copy, original in copies.items():
+        message = message.replace(copy, str(original.path))
     failure = MigrationFailed(f"migration {migration.label} failed: {message}", where=where)
     failure.migration = migration  # type: ignore[attr-defined]
     failure.applied = applied  # type: ignore[attr-defined]

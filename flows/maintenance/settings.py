@@ -24,9 +24,13 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from flows.durations import MAX_DURATION_SECONDS
 from flows.errors import ValidationError
 
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+# The longest statement_timeout/lock_timeout PostgreSQL takes, in seconds (2^31-1 ms); libpq's
+# connect_timeout is a C int too.
+PG_MAX_TIMEOUT = 2_147_483
 EXTENSION = r"^[a-z_][a-z0-9_-]{0,62}$"
 
 
@@ -62,11 +66,21 @@ class MaintenanceSettings(BaseSettings):
     owner_role: str = Field("app_owner", pattern=IDENTIFIER, description="Role owning the database.")
     readonly_role: str = Field("app_readonly", pattern=IDENTIFIER, description="Role with read access.")
     extensions: list[str] = Field(["pgcrypto", "pg_trgm"], description="Extensions `extensions` deploys.")
-    verify_cache_seconds: int = Field(3600, ge=0, description="How long a schema verification is reused.")
-    statement_timeout_seconds: float = Field(300, gt=0, description="Longest one maintenance statement.")
-    lock_timeout_seconds: float = Field(5, gt=0, description="Longest wait for a lock before giving up.")
-    connect_timeout_seconds: int = Field(5, ge=1, description="Longest wait to connect to a service.")
-    check_timeout_seconds: float = Field(5, gt=0, description="Longest one health check may take.")
+    verify_cache_seconds: int = Field(
+        3600, ge=0, le=MAX_DURATION_SECONDS, description="How long a schema verification is reused."
+    )
+    statement_timeout_seconds: float = Field(
+        300, gt=0, le=PG_MAX_TIMEOUT, description="Longest one maintenance statement."
+    )
+    lock_timeout_seconds: float = Field(
+        5, gt=0, le=PG_MAX_TIMEOUT, description="Longest wait for a lock before giving up."
+    )
+    connect_timeout_seconds: int = Field(
+        5, ge=1, le=PG_MAX_TIMEOUT, description="Longest wait to connect to a service."
+    )
+    check_timeout_seconds: float = Field(
+        5, gt=0, le=MAX_DURATION_SECONDS, description="Longest one health check may take."
+    )
     health_endpoints: list[str] = Field(
         [], description="HTTP endpoints `health` checks: URL or name=URL; 2xx/3xx is up."
     )

@@ -23,9 +23,9 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_options import Json, Quiet, Verbose
+from flows.cli_options import Json, Quiet, Verbose, duration_option
 from flows.console import Console
-from flows.errors import EXIT_OK
+from flows.errors import EXIT_OK, ValidationError
 
 release_app = typer.Typer(help="Blue-green releases with approval and rollback.", no_args_is_help=True)
 
@@ -112,6 +112,11 @@ def deploy(
     from flows.maintenance.terminal import run_procedure
 
     console = Console(verbose=verbose, quiet=quiet)
+    try:
+        duration_option(approval_timeout, "--approval-timeout")  # refused before a run starts
+    except ValidationError as err:
+        console.error(str(err))
+        return err.exit_code
     if isinstance(path := _target(console, env, root, free=True), int):
         return path
     return run_procedure(

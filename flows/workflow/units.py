@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from flows.durations import check_duration
+
 # Words a condition or a bool parameter may be written as (case-insensitive).
 TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
 FALSE_WORDS = frozenset({"false", "no", "n", "off", "0", "none", ""})
@@ -50,7 +52,7 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"expected a duration such as 30, '30s' or '5m', got {value!r}")
     if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f"a duration must be a finite number of seconds, not {value!r}")
-    return seconds
+    return check_duration(seconds, value)
 
 
 def parse_memory(value: object) -> int:

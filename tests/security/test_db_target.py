@@ -13,8 +13,13 @@ All of it on real PostgreSQL databases of the test's own and the session's Prefe
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shutil
 import socket
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -420,3 +425,101 @@ def test_the_procedure_writes_where_the_check_looked(records_db, pg_admin_url, s
     checked = guard.verified_target(guard.writable_target(settings, "db migrate"), settings, "db migrate")
     assert checked.get("hostaddr") == "127.0.0.1" and checked.get("host") == server_alias
     assert checked.get("port") == "5432" and checked.dbname == scratch_db_name
+
+
+# --- A migration runs the SQL its checksum is of ---------------------------------------------
+
+
+def test_a_migration_rewritten_while_earlier_ones_run_is_not_what_runs(
+    pg_admin_url, scratch_db_name, tmp_path, monkeypatch
+):
+    """psql once re-read each file by path after Python hashed it: a file rewritten while an
+    earlier migration ran was applied under the reviewed file's checksum."""
+    rows(pg_admin_url, f'CREATE DATABASE "{scratch_db_name}"')
+    target = url_for(pg_admin_url, scratch_db_name)
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", target)
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    gate = secrets.randbelow(2**31)
+    # The first migration waits for a lock this test holds: the window, without any timing.
+    (folder / "001_wait.sql").write_text(
+        f"SELECT pg_advisory_lock({gate});\nSELECT pg_advisory_unlock({gate});\nCREATE TABLE first (id int);\n"
+    )
+    reviewed = "CREATE TABLE reviewed (id int);\n"
+    (folder / "002_reviewed.sql").write_text(reviewed)
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+
+    outcome: dict = {}
+    with psycopg.connect(target, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (gate,))
+        runner = threading.Thread(
+            target=lambda: outcome.update(state=migrate(backup=False, return_state=True))
+        )
+        runner.start()
+        deadline = time.monotonic() + 120
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted"
+        while holder.execute(waiting, (gate,)).fetchone()[0] == 0:
+            assert runner.is_alive() and time.monotonic() < deadline, "migration 001 never reached its lock"
+            time.sleep(0.05)
+        (folder / "002_reviewed.sql").write_text("CREATE TABLE swapped (id int);\n")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (gate,))
+    runner.join(timeout=300)
+    assert not runner.is_alive() and outcome["state"].is_completed(), outcome
+
+    assert regclass(target, "first") == "first"
+    assert regclass(target, "swapped") is None  # the rewritten file did not run
+    assert regclass(target, "reviewed") == "reviewed"  # what was hashed did
+    recorded = rows(target, "SELECT checksum FROM migration_history WHERE success AND version = 2")
+    assert recorded == [(hashlib.sha256(reviewed.encode()).hexdigest(),)]
+    # ...and the file that differs now is reported as changed, so the next run refuses it.
+    assert migration_status(load_settings())["changed"] == [2]
+
+
+def test_migrations_run_from_a_private_copy(pg_admin_url, scratch_db_name, tmp_path, monkeypatch):
+    """The copy psql reads is in a directory only this user can enter, and is gone afterwards."""
+    rows(pg_admin_url, f'CREATE DATABASE "{scratch_db_name}"')
+    target = url_for(pg_admin_url, scratch_db_name)
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", target)
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "001_first.sql").write_text("CREATE TABLE first (id int);\n")
+    (folder / "002_broken.sql").write_text("SELECT 1;\nSELEC oops;\n")
+    monkeypatch.setenv("OPSFLOW_MIGRATIONS_DIR", str(folder))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    state = migrate(backup=False, return_state=True)
+    error = state.result(raise_on_failure=False)
+    message = str(error)
+    assert f"{folder / '002_broken.sql'}:2" in message, message  # file:line of the migration itself
+    assert str(tmp) not in message
+    assert list(tmp.iterdir()) == []  # the private copies are removed
+
+
+# --- Durations that no calendar holds ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "purge", "t1", "--older-than", "999999999999d"],
+        ["db", "purge", "t1", "--older-than", "99999999d"],  # fits Python, not PostgreSQL's calendar
+        ["db", "backup", "prune", "--older-than", "999999999999d"],
+        ["db", "backup", "verify", "--within", "999999999999d"],
+        ["cleanup", "--older-than", "999999999999d"],
+    ],
+)
+def test_a_duration_too_long_for_the_calendar_is_one_line_and_exit_3(
+    command, pg_admin_url, scratch_db_name, monkeypatch, capsys
+):
+    rows(pg_admin_url, f'CREATE DATABASE "{scratch_db_name}"')
+    target = url_for(pg_admin_url, scratch_db_name)
+    rows(target, "CREATE TABLE t1 (id int, deleted_at timestamptz); INSERT INTO t1 VALUES (1, now())")
+    monkeypatch.setenv("OPSFLOW_TARGET_DATABASE_URL", target)
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line or "Error" in line]
+    assert done.value.code == 3, errors
+    assert len(errors) == 1 and "36500d" in errors[0], errors
+    assert rows(target, "SELECT count(*) FROM t1") == [(1,)]
