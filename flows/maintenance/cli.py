@@ -78,7 +78,10 @@ def run(
 
 def refuse_before_running(settings: Any, procedure: str) -> None:
     """The records-database checks of a writing procedure, so a refusal starts no flow run.
-    Other failures of the check (an unreachable target) are left to the flow, which records them."""
+    Other failures of the check (an unreachable target) are left to the flow: it checks again
+    before its first change, and records how that ended."""
+    import psycopg
+
     from flows.errors import OpsflowError, ValidationError
     from flows.maintenance.guard import verified_target, writable_target
 
@@ -87,7 +90,7 @@ def refuse_before_running(settings: Any, procedure: str) -> None:
         verified_target(target, settings, procedure)
     except ValidationError:
         raise
-    except OpsflowError:
+    except (OpsflowError, psycopg.Error):
         pass
 
 
