@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from flows.approve import approve
-from flows.cli_options import Json, Quiet, Verbose, duration_option
+from flows.cli_options import Json, Params, Quiet, Verbose, duration_option
 from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import files_app
@@ -94,6 +94,7 @@ def validate(
             "without declaring them must be among these.",
         ),
     ] = None,
+    params: Params = None,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -107,7 +108,7 @@ def validate(
     console = Console(verbose=verbose, quiet=quiet)
     results, code = [], EXIT_OK
     try:
-        values = parse_sets(sets or [])
+        values = parse_sets(sets or [], params or [])
     except OpsflowError as err:
         return _fail(console, err)
     for file in files:
@@ -142,7 +143,9 @@ def validate(
     return code
 
 
-def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int | None, workflow_id: str):
+def _prepare(
+    file: Path, sets: list[str], params: list[str], env: str | None, parallel: int | None, workflow_id: str
+):
     """Load, analyse, bind and plan: everything before Prefect, so bad input fails fast."""
     from flows.masking import Masker
     from flows.settings import get_settings
@@ -153,7 +156,7 @@ def _prepare(file: Path, sets: list[str] | None, env: str | None, parallel: int 
 
     settings = get_settings()
     loaded = load_workflow(file)
-    values = parse_sets(sets or [])
+    values = parse_sets(sets, params)
     analysis = analyse(loaded, values)
     bound = bind(
         loaded,
@@ -182,6 +185,7 @@ def _print_plan(console: Console, plan, mask, *, json_output: bool, dry_run: boo
 def plan(
     file: WorkflowFile,
     sets: Sets = None,
+    params: Params = None,
     env: Env = None,
     parallel: Parallel = None,
     json_output: Json = False,
@@ -191,7 +195,7 @@ def plan(
     """Show what a run would do: order, groups, limits, rendered commands, skips, hooks."""
     console = Console(verbose=verbose, quiet=quiet)
     try:
-        _, _, the_plan, _, mask = _prepare(file, sets, env, parallel, "<workflow_id>")
+        _, _, the_plan, _, mask = _prepare(file, sets or [], params or [], env, parallel, "<workflow_id>")
     except OpsflowError as err:
         return _fail(console, err)
     _print_plan(console, the_plan, mask, json_output=json_output)
@@ -202,6 +206,7 @@ def plan(
 def run(
     file: WorkflowFile,
     sets: Sets = None,
+    params: Params = None,
     env: Env = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the rendered plan and exit 10; run nothing.")
@@ -228,7 +233,7 @@ def run(
     try:
         duration_option(timeout, "--timeout")
         loaded, values, the_plan, settings, mask = _prepare(
-            file, sets, env, parallel, f"dry-run-{uuid.uuid4().hex[:8]}"
+            file, sets or [], params or [], env, parallel, f"dry-run-{uuid.uuid4().hex[:8]}"
         )
     except OpsflowError as err:
         return _fail(console, err)

@@ -21,3 +21,13 @@ def duration_option(text: str | int | None, option: str) -> float | None:
         return None if text is None else parse_duration(text)
     except ValueError as exc:
         raise ValidationError(f"{option}: {exc}") from None
+
+
+Params = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="One parameter, key=value, the value taken as it is (commas included); repeatable. "
+        "Use it for values from outside, which --set would split at `,key=`.",
+    ),
+]

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from flows.cli_options import Json, Quiet, Verbose
+from flows.cli_options import Json, Params, Quiet, Verbose
 from flows.console import Console
 from flows.errors import EXIT_OK, ConnectionFailure, OpsflowError, PermissionFailure, ValidationError
 
@@ -85,7 +85,7 @@ def next_from_cron(cron: str, timezone: str, after: datetime | None = None) -> d
     return anyio.run(lambda: CronSchedule(cron=cron, timezone=timezone).get_dates(n=1, start=start))[0]
 
 
-def validate_workflow(file: Path, sets: list[str] | None, env: str | None):
+def validate_workflow(file: Path, sets: list[str] | None, env: str | None, params: list[str] | None = None):
     """Load, analyse and bind as `run` does; returns the workflow's name and the raw --set values."""
     from flows.secrets import REFERENCE_HINT, plain_secrets
     from flows.workflow.check import analyse
@@ -93,7 +93,7 @@ def validate_workflow(file: Path, sets: list[str] | None, env: str | None):
     from flows.workflow.params import bind, parse_sets, secret_names
 
     loaded = load_workflow(file)
-    values = parse_sets(sets or [])
+    values = parse_sets(sets or [], params or [])
     analyse(loaded, values)
     clear = plain_secrets(values, secret_names(loaded, values).__contains__)
     if clear:
@@ -237,6 +237,7 @@ def add(
     name: NameOpt = None,
     timezone: Timezone = "UTC",
     sets: Sets = None,
+    params: Params = None,
     pool: Pool = "opsflow-process",
     json_output: Json = False,
     verbose: Verbose = False,
@@ -271,7 +272,7 @@ def add(
         return describe(dep, next_from_cron(cron, timezone)) | {"action": "updated" if old else "created"}
 
     try:
-        workflow, values = validate_workflow(file, sets, env)
+        workflow, values = validate_workflow(file, sets, env, params)
         name = check_name(name or workflow)
         check_cron(cron, timezone)
         row = _session(console, verbose, quiet, apply)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_options import Json, Quiet, Verbose, duration_option
+from flows.cli_options import Json, Params, Quiet, Verbose, duration_option
 from flows.console import Console
 from flows.errors import EXIT_OK, OpsflowError, ValidationError
 from flows.records import liveness
@@ -238,6 +238,7 @@ def resume(
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Secret parameters the record masked.")
     ] = None,
+    params: Params = None,
     json_output: Json = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -253,7 +254,9 @@ def resume(
         with session() as db:
             run = _find(db, run_id)
             resumed_as = resumed_from(db, run.id)
-        arguments = resume_arguments(run, force=force, sets=parse_sets(sets or []), resumed_as=resumed_as)
+        arguments = resume_arguments(
+            run, force=force, sets=parse_sets(sets or [], params or []), resumed_as=resumed_as
+        )
         settings = get_settings()
         from flows.local_server import ensure_api
 

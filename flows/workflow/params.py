@@ -91,21 +91,30 @@ def _shown(param: Parameter, value: Any) -> str:
     return "the value (a secret, not shown)" if param.is_secret else repr(value)
 
 
-def parse_sets(values: Iterable[str]) -> dict[str, str]:
+def parse_sets(values: Iterable[str], verbatim: Iterable[str] = ()) -> dict[str, str]:
     """`--set a=1,b=x,y --set c=[1,2]` -> {"a": "1", "b": "x,y", "c": "[1,2]"}.
 
     A comma starts a new pair only when what follows looks like `key=`; otherwise it
     belongs to the value, so list values can be written `services=api,worker`.
+    `verbatim` (`--param key=value`) holds one pair each, the value taken as it is, commas and
+    all: the form for a value from outside, which must not be able to add other parameters.
     """
     result: dict[str, str] = {}
     for raw in values:
         for piece in _split_top_level(raw):
-            key, sep, value = piece.partition("=")
-            key = key.strip()
-            if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise ValidationError(f"--set expects key=value pairs separated by commas, got `{piece}`")
-            result[key] = value
+            result.update([_pair(piece, "--set expects key=value pairs separated by commas")])
+    for raw in verbatim:
+        result.update([_pair(raw, "--param expects one key=value")])
     return result
+
+
+def _pair(piece: str, expects: str) -> tuple[str, str]:
+    key, sep, value = piece.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        shown = f"`{key[:40]}`" if sep else "no `=`"
+        raise ValidationError(f"{expects}, got {shown}")
+    return key, value
 
 
 def _split_top_level(text: str) -> list[str]:
