@@ -14,7 +14,8 @@ document is refused.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
@@ -41,31 +42,29 @@ def load_yaml(
     `visit(loader, node)` sees the composed node graph, checked, before it is constructed (the
     workflow loader records each value's line there).
     """
-    loader = Loader(text)
-    try:
-        node = loader.get_single_node()
+    with _composed(text, path) as (loader, node):
         if node is None:
             return None
-        check_aliases(node, text, path)
         if visit is not None:
             visit(loader, node)
         return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise yaml_error(exc, text, path) from None
-    except RecursionError:
-        raise ValidationError("malformed YAML: nested too deeply", where=str(path)) from None
-    finally:
-        loader.dispose()
 
 
 def compose_yaml(text: str, path: str | os.PathLike[str]) -> yaml.Node | None:
     """The checked node graph of the document in `text`, for callers that need node positions."""
+    with _composed(text, path) as (_, node):
+        return node
+
+
+@contextmanager
+def _composed(text: str, path: str | os.PathLike[str]) -> Iterator[tuple[Any, yaml.Node | None]]:
+    """A loader and its document's node graph, aliases checked; YAML errors as one line."""
     loader = Loader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
             check_aliases(node, text, path)
-        return node
+        yield loader, node
     except yaml.YAMLError as exc:
         raise yaml_error(exc, text, path) from None
     except RecursionError:

@@ -80,3 +80,33 @@ def sqlite_url(tmp_path) -> Iterator[str]:
 def db_url(request) -> str:
     """The URL of an empty records database, once on SQLite and once on PostgreSQL."""
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_schema_url")
+
+
+def create_tables_at_once(url: str, creators: int = 4) -> None:
+    """`creators` engines create the records tables at one moment (threads released together);
+    fails the test with what any of them raised."""
+    import threading
+
+    from flows.records import db
+
+    engines = [db.make_engine(url) for _ in range(creators)]
+    start, errors = threading.Barrier(creators), []
+
+    def create(engine):
+        start.wait()
+        try:
+            db.create_tables(engine)
+        except Exception as exc:  # collected: a thread's exception would otherwise be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        db.create_tables(engines[0])  # and again, once they exist
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert errors == []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 from sqlalchemy import text
 
 from flows.records import db
 from flows.records.instance import TABLE
+from tests.records.conftest import create_tables_at_once
 
 
 def ids(url: str) -> list[str]:
@@ -20,24 +19,7 @@ def ids(url: str) -> list[str]:
 
 
 def test_creators_at_one_moment_agree_on_a_single_id(db_url):
-    engines = [db.make_engine(db_url) for _ in range(4)]
-    start, errors = threading.Barrier(len(engines)), []
-
-    def create(engine):
-        start.wait()
-        try:
-            db.create_tables(engine)
-        except Exception as exc:  # collected: a thread's exception would otherwise be lost
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    for engine in engines:
-        engine.dispose()
-    assert errors == []
+    create_tables_at_once(db_url)
     found = ids(db_url)
     assert len(found) == 1 and len(found[0]) == 32
     assert db.instance_id(db_url) == found[0]

@@ -5,7 +5,6 @@ Every test taking `db_url` runs once per backend (see conftest.py), so both beha
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from sqlmodel import select
 from flows.errors import ConnectionFailure, ValidationError
 from flows.records import db, files
 from flows.records.models import BatchJob, DeadLetter, FileResult
-from tests.records.conftest import reachable_postgres
+from tests.records.conftest import create_tables_at_once, reachable_postgres
 
 TABLES = {"processing_jobs", "job_results", "dead_letter_queue"}
 PASSWORD = "s3cr3t-Pa55word"
@@ -127,25 +126,11 @@ def test_engine_is_cached_per_url_and_creates_the_tables(db_url):
 
 
 def test_concurrent_table_creation(db_url):
-    engines = [db.make_engine(db_url) for _ in range(4)]
-    start, errors = threading.Barrier(len(engines)), []
-
-    def create(engine):
-        start.wait()
-        try:
-            db.create_tables(engine)
-        except Exception as exc:  # collected: a thread's exception would otherwise be lost
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    db.create_tables(engines[0])  # and again, once they exist
-    assert errors == []
-    assert set(inspect(engines[0]).get_table_names()) >= TABLES
-    for engine in engines:
+    create_tables_at_once(db_url)
+    engine = db.make_engine(db_url)
+    try:
+        assert set(inspect(engine).get_table_names()) >= TABLES
+    finally:
         engine.dispose()
 
 
