@@ -18,7 +18,7 @@ from flows.workflow.conditions import check_health_marks, check_rollback
 from flows.workflow.graph import Graph, build_graph
 from flows.workflow.load import LoadedWorkflow, Location
 from flows.workflow.metrics import check_metrics
-from flows.workflow.params import BUILTIN_NAMES, check, coerce
+from flows.workflow.params import BUILTIN_NAMES, check, check_undeclared, coerce
 from flows.workflow.recovery import check_recovery
 from flows.workflow.spec import Step
 from flows.workflow.template import Template, compile_template
@@ -53,6 +53,10 @@ def analyse(loaded: LoadedWorkflow, sets: Mapping[str, Any] | None = None) -> An
 def _check_parameters(loaded: LoadedWorkflow, sets: Mapping[str, Any]) -> None:
     """What binding would refuse of a default or a given value, refused now with its line. A
     secret given as a reference (`env:NAME`, `block:NAME`) is checked once resolved, by `bind`."""
+    try:
+        check_undeclared(loaded, sets)
+    except ValidationError as err:
+        raise ValidationError(err.message, where=loaded.where(("parameters",))) from None
     for index, param in enumerate(loaded.spec.parameters):
         if param.default is not None and not (param.is_secret and reference(param.default)):
             try:

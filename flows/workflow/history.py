@@ -205,7 +205,15 @@ def resume_arguments(
             "pass --force to resume anyway"
         )
     parameters = run.parameter_dict()
-    missing = [name for name in masked_parameters(parameters) if name not in sets]
+    masked = masked_parameters(parameters)
+    other = [name for name in sets if name not in masked]
+    if other:
+        raise ValidationError(
+            f"--set on resume gives again only the secret parameters the record masked "
+            f"({', '.join(masked) or 'none'}); {', '.join(other)} would change what run {run.id} ran — "
+            "start a new run to change it"
+        )
+    missing = [name for name in masked if name not in sets]
     if missing:
         raise ValidationError(
             f"run {run.id} had secret parameters that were not recorded: {', '.join(missing)} — "

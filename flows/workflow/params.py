@@ -218,6 +218,20 @@ def check(param: Parameter, value: Any) -> None:
             )
 
 
+def check_undeclared(loaded: LoadedWorkflow, sets: Mapping[str, Any]) -> list[str]:
+    """The given names the workflow does not declare, which a run passes as text; a name
+    opsflow sets itself, or one close to a declared name (a typo), is refused."""
+    declared = [p.name for p in loaded.spec.parameters]
+    undeclared = [name for name in sets if name not in declared]
+    for name in undeclared:
+        if name in BUILTIN_NAMES[1:]:
+            raise ValidationError(f"`{name}` is set by opsflow and cannot be passed with --set")
+        hint = difflib.get_close_matches(name, declared, n=1)
+        if hint:
+            raise ValidationError(f"unknown parameter `{name}` — did you mean `{hint[0]}`?")
+    return undeclared
+
+
 def bind(
     loaded: LoadedWorkflow,
     sets: Mapping[str, Any],
@@ -237,7 +251,6 @@ def bind(
     API); until then the reference stands for the value and its `validation` waits for the run.
     """
     spec = loaded.spec
-    declared = {p.name: p for p in spec.parameters}
     secrets = secret_names(loaded, sets)
     references: dict[str, str] = {}
 
@@ -252,17 +265,10 @@ def bind(
 
     warnings: list[str] = []
     params: dict[str, Any] = {}
-    for name, raw in sets.items():
-        if name in declared:
-            continue
-        if name in BUILTIN_NAMES[1:]:
-            raise ValidationError(f"`{name}` is set by opsflow and cannot be passed with --set")
-        hint = difflib.get_close_matches(name, list(declared), n=1)
-        if hint:
-            raise ValidationError(f"unknown parameter `{name}` — did you mean `{hint[0]}`?")
+    for name in check_undeclared(loaded, sets):
         if name != "environment":
             warnings.append(f"parameter `{name}` is not declared by the workflow; passed as text")
-        params[name], known = revealed(name, raw)
+        params[name], known = revealed(name, sets[name])
         if known:
             check(Parameter(name=name), params[name])
     for param in spec.parameters:

@@ -68,3 +68,17 @@ def test_param_without_a_key_is_exit_3_without_the_value(workflow, capsys, bad):
     err = capsys.readouterr().err
     assert "--param expects one key=value" in err
     assert "novalue" not in err
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("mgs=hi", "unknown parameter `mgs` — did you mean `msg`?"),
+        ("workflow_id=x", "`workflow_id` is set by opsflow"),
+    ],
+)
+def test_validate_refuses_the_names_plan_refuses(workflow, capsys, given, message):
+    for command in ("validate", "plan"):
+        capsys.readouterr()
+        assert cli(command, str(workflow), "--set", given) == 3
+        assert message in capsys.readouterr().err

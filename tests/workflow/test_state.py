@@ -108,6 +108,17 @@ def test_resume_arguments_are_the_originals_or_a_clear_refusal(tmp_path):
         resume_arguments(_record(path), force=False, sets={}, resumed_as=[later])
 
 
+def test_resume_gives_again_only_the_masked_secrets(tmp_path):
+    # A non-secret given again would be recorded masked and change what the run ran.
+    path = tmp_path / "wf.yaml"
+    path.write_text("name: a\n")
+    record = _record(path, parameters=to_json({"token": MASKED, "who": "x"}))
+    with pytest.raises(ValidationError, match="only the secret parameters the record masked .token.; who"):
+        resume_arguments(record, force=False, sets={"token": "t", "who": "y"})
+    with pytest.raises(ValidationError, match=r"\(none\); who"):
+        resume_arguments(_record(path), force=False, sets={"who": "y"})
+
+
 # -- records ------------------------------------------------------------------------------------
 def test_run_and_step_records(records, tmp_path):
     path = tmp_path / "wf.yaml"
