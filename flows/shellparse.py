@@ -18,7 +18,17 @@ import os
 import re
 from typing import Any
 
-from flows.shellcommands import Refused, check_argument, is_arithmetic, names_variable, stdin_script_hint
+from flows.shellcommands import (
+    CODE_VARIABLES,
+    INTEGER_VARIABLES,
+    Refused,
+    check_argument,
+    code_variable_message,
+    is_arithmetic,
+    names_variable,
+    script_files,
+    stdin_script_hint,
+)
 from flows.shellcommands import reads_code_on_stdin as _reads_code_on_stdin
 from flows.shellquote import (
     ARITH,
@@ -393,10 +403,20 @@ class _Reader:
     def __init__(self, root: Any, source: bytes) -> None:
         self.root = root
         self.source = source
-        self.integers = {  # declared `-i` anywhere in the command: assigning to one is arithmetic
-            _text(c if c.type == "variable_name" else c.children[0])
+        self.integers = (
+            INTEGER_VARIABLES
+            | {  # declared `-i` anywhere in the command: assigning to one is arithmetic
+                _assigned(c)
+                for node in _descendants(root, "declaration_command")
+                if _declares(node, "i")
+                for c in node.children
+                if c.type in ("variable_name", "variable_assignment")
+            }
+        )
+        self.associative = {  # declared `-A`: a subscript is a string, not arithmetic
+            _assigned(c)
             for node in _descendants(root, "declaration_command")
-            if _declares(node, "i")
+            if _declares(node, "A")
             for c in node.children
             if c.type in ("variable_name", "variable_assignment")
         }
@@ -473,6 +493,7 @@ class _Reader:
                 in_scope = in_scope and t == "subshell"
             elif t == "process_substitution":
                 in_scope = False
+                self._check_process_substitution(node)
             elif t == "arithmetic_expansion" or (t == "compound_statement" and node.children[0].type == "(("):
                 arith = True
             elif t == "c_style_for_statement":
@@ -496,7 +517,12 @@ class _Reader:
                 )
                 name = name or operator in ("-v", "-R")
             elif t == "variable_assignment" and child != node.children[0]:
-                arith = arith or _text(node.children[0]) in self.integers
+                assigned = _assigned(node)
+                if assigned in CODE_VARIABLES:
+                    raise Refused(code_variable_message(assigned))
+                arith = arith or assigned in self.integers
+            elif t == "array" and child is not None and assigned_subscript(child, start):
+                arith = arith or _assigned(node.parent) not in self.associative
             elif t == "declaration_command":
                 operand = child is not None and child.type in _WORDS and not _text(child).startswith("-")
                 name = name or operand or _declares(node, "n")
@@ -521,6 +547,7 @@ class _Reader:
                 if in_scope and not word:
                     word = facts
             elif t == "command":
+                self._check_output_to_code(node)
                 facts = self._command(node, child, start)
                 arith = arith or facts.get("arith", False)
                 name = name or facts.get("name", False)
@@ -590,6 +617,43 @@ class _Reader:
                     f"code — {stdin_script_hint(reader)}"
                 )
 
+    def _check_process_substitution(self, node: Any) -> None:
+        """`bash <(...)`, `source <(...)`, `sh < <(...)`: the output of `...` is code."""
+        parent = node.parent
+        reader = ""
+        if parent.type == "command":
+            words = _command_words(parent)
+            literals, texts = [_literal(w) for w in words], [_text(w) for w in words]
+            if node in words and words.index(node) in script_files(literals, texts):
+                reader = literals[0] or "the command"
+        elif parent.type == "file_redirect" and parent.children[0].type == "<":
+            reader = _reads_code(_redirected_command(parent))
+        if reader:
+            raise _Problem(
+                f"the output of this process substitution is run as code by `{reader}`, where a value "
+                f"would be code — {stdin_script_hint(reader)}"
+            )
+
+    def _check_output_to_code(self, command: Any) -> None:
+        """`echo ... > >(sh)`, `tee >(bash)`: what the command writes there is code."""
+        targets = [w for w in _command_words(command) if w.type == "process_substitution"]
+        targets += [
+            c
+            for r in _redirects_of(command)
+            if r.type == "file_redirect"
+            for c in r.children
+            if c.type == "process_substitution"
+        ]
+        for target in targets:
+            if _text(target).startswith(">("):
+                for inner in _commands_in(target):
+                    reader = _reads_code(inner)
+                    if reader:
+                        raise _Problem(
+                            f"the output of this command is run as code by `{reader}`, where a value would be "
+                            f"code — {stdin_script_hint(reader)}"
+                        )
+
     def _command(self, command: Any, child: Any, start: int) -> dict[str, Any]:
         words = _command_words(command)
         if child not in words:
@@ -621,6 +685,23 @@ def _redirected_command(redirect: Any) -> Any:
         [c for c in _commands_in(body, _SIMPLE) if redirect in _redirects_of(c)] if body is not None else []
     )
     return owners[0] if owners else None
+
+
+def _assigned(node: Any) -> str:
+    """The name of the variable an assignment (or a declared name) sets: `a` of `a[0]=1`."""
+    name = node if node.type in ("variable_name", "subscript") else node.children[0]
+    if name.type == "subscript":
+        name = name.children[0]
+    return _text(name)
+
+
+def assigned_subscript(element: Any, start: int) -> bool:
+    """In `a=([SUBSCRIPT]=value)`: whether the offset `start` is in the subscript."""
+    text = element.text
+    if not text.startswith(b"["):
+        return False
+    close = text.rfind(b"]=")
+    return close > 0 and start < element.start_byte + close
 
 
 def _declares(node: Any, flag: str) -> bool:
