@@ -291,8 +291,16 @@ def _check_heredocs(root: Any, source: bytes) -> None:
         first = source.find(b"\n", start.end_byte) + 1
         if first == 0 or first > end.start_byte:
             raise _Problem(f"cannot tell where this here-document ends — {ENV_HINT}", line)
+        inside = node.parent
+        while inside is not None and inside.type not in ("command_substitution", "process_substitution"):
+            inside = inside.parent
         stop = _document_end(
-            source, first, delimiter, node.children[0].type == "<<-", not _quoted_delimiter(start)
+            source,
+            first,
+            delimiter,
+            node.children[0].type == "<<-",
+            not _quoted_delimiter(start),
+            starts=inside is not None,
         )
         if stop != end.start_byte:
             raise _Problem(
@@ -302,9 +310,12 @@ def _check_heredocs(root: Any, source: bytes) -> None:
             )
 
 
-def _document_end(source: bytes, i: int, delimiter: str, strip_tabs: bool, joins: bool) -> int | None:
+def _document_end(
+    source: bytes, i: int, delimiter: str, strip_tabs: bool, joins: bool, *, starts: bool = False
+) -> int | None:
     """Where the delimiter starts on the line bash ends the document with; an unquoted
-    document joins a line ending in an odd number of backslashes to the next one."""
+    document joins a line ending in an odd number of backslashes to the next one. Inside
+    `$( )` (`starts`) bash ends it at a line that starts with the delimiter."""
     wanted = delimiter.encode()
     joined = False
     while True:
@@ -314,7 +325,7 @@ def _document_end(source: bytes, i: int, delimiter: str, strip_tabs: bool, joins
             start = i
             while strip_tabs and source[start : start + 1] == b"\t":
                 start += 1
-            if source[start:stop] == wanted:
+            if source[start:stop] == wanted or (starts and source[start:stop].startswith(wanted)):
                 return start
         line = source[i:stop]
         joined = joins and (len(line) - len(line.rstrip(b"\\"))) % 2 == 1
@@ -454,7 +465,7 @@ class _Reader:
             shown = _OTHER_VALUE.sub("VALUE", _text(token))[:40]
             raise _Problem(f"a value inside `{shown}` cannot be placed safely — make it a word of its own")
         kind = None
-        delimiter, strip_tabs = "", False
+        delimiter, strip_tabs, starts_end = "", False, False
         arith = name = False
         in_scope = True  # no $( ) or <( ) yet between the value and this node
         word: dict[str, Any] = {}  # facts of the innermost command the value is a word of
@@ -482,6 +493,9 @@ class _Reader:
                         raise _Problem(_BACKTICK)  # the grammar does not read backticks in documents
                     delimiter = _bash_word(self.source, opener.start_byte)[1]
                     strip_tabs = redirect.children[0].type == "<<-"
+                    starts_end = any(
+                        n.type in ("command_substitution", "process_substitution") for n in chain[index:]
+                    )
                 self._check_stdin(redirect, "this here-document")
             elif t == "herestring_redirect":
                 self._check_stdin(node, "this here-string")
@@ -567,6 +581,7 @@ class _Reader:
             line,
             delimiter=delimiter,
             strip_tabs=strip_tabs,
+            starts_end=starts_end,
             line_before=before,
             line_after=after,
             option_of=word.get("option_of") if quoted_word else None,

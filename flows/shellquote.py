@@ -48,6 +48,7 @@ class Slot:
     line: int  # the command's line the value is on (1-based)
     delimiter: str = ""  # here-documents: no line of the result may equal it
     strip_tabs: bool = False  # `<<-`: a line of tabs and the delimiter ends the document too
+    starts_end: bool = False  # inside `$( )`: bash ends the document at a line starting with it
     line_before: str = ""  # here-documents: the line's text before the value ("\0": another value)
     line_after: str = ""
     option_of: str | None = None  # in an argument of this command: a leading `-` is an option
@@ -158,7 +159,13 @@ def _check_document(slot: Slot, text: str, shown: str) -> None:
                 if line[i]:
                     break
         regex = "".join(".*" if piece is None else re.escape(piece) for piece in line)
-        if re.fullmatch(regex, slot.delimiter, re.S):
+        known = "".join(p for p in line[: line.index(None)] if p is not None) if None in line else None
+        starts = slot.starts_end and (
+            "".join(p for p in line if p is not None).startswith(slot.delimiter)
+            if known is None
+            else known.startswith(slot.delimiter) or slot.delimiter.startswith(known)
+        )
+        if starts or re.fullmatch(regex, slot.delimiter, re.S):
             raise UnsafeValue(
                 f"{shown} would make a line `{slot.delimiter}`, which ends its here-document early"
             )

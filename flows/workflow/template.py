@@ -11,9 +11,11 @@ surfaces as `ValidationError`). In shell commands each value is quoted for the p
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import difflib
 import functools
 import json
+import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ from jinja2.sandbox import SecurityError
 from jinja2.utils import missing
 
 from flows.errors import ValidationError
-from flows.shellquote import Slot, UnsafeValue, check_value, quote_text
+from flows.shellquote import Hole, Slot, UnsafeValue, analyse, check_value, quote_text
 from flows.workflow.gotemplate import JINJA_BLOCK, JINJA_COMMENT, translate, translate_shell
 from flows.workflow.sandbox import (
     LimitedSandbox,
@@ -50,8 +52,18 @@ def _slot(encoded: str) -> Slot:
 
 
 def _shell_value(value: Any, encoded: str, shown: str) -> str:
-    """The `_shq` filter: `value` checked and quoted for the slot it lands in (gotemplate)."""
+    """The `_shq` filter: `value` checked and quoted for the slot it lands in (gotemplate).
+    While a command renders (`_rendering`), values other than `| raw` become placeholders
+    instead, quoted once the rendered command has been read again."""
     slot = _slot(encoded)
+    pending = _PENDING.get()
+    if pending is not None and not isinstance(value, Raw):
+        pending.append((value, slot, shown))
+        return Raw(_PLACEHOLDER.format(len(pending) - 1))
+    return Raw(_quoted_words(value, slot, shown))
+
+
+def _quoted_words(value: Any, slot: Slot, shown: str) -> str:
     raw = isinstance(value, Raw)
     items = list(_items(value))
     if slot.one_word and len(items) != 1:
@@ -73,7 +85,36 @@ def _shell_value(value: Any, encoded: str, shown: str) -> str:
         except UnsafeValue as err:
             raise ValidationError(f"line {slot.line} of the command: {err}") from None
         words.append(item if raw or plain else quote_text(slot, item))
-    return Raw(" ".join(words))
+    return " ".join(words)
+
+
+_PLACEHOLDER = "__opsflow_value_{}__"
+_PLACEHOLDERS = re.compile(r"__opsflow_value_(\d+)__")
+_PENDING: contextvars.ContextVar[list[tuple[Any, Slot, str]] | None] = contextvars.ContextVar(
+    "pending", default=None
+)
+
+
+def _place(text: str, pending: list[tuple[Any, Slot, str]]) -> str:
+    """The rendered command `text`, whose values are placeholders, read again with bash's
+    grammar: `{{ if }}` and `{{ range }}` blocks and `| raw` text are now resolved, so each
+    value is checked and quoted for where it lands in the command that will run."""
+    pieces = _PLACEHOLDERS.split(text)
+    found = [int(n) for n in pieces[1::2]]
+    if found != list(range(len(pending))):
+        raise ValidationError("`| raw` text holds the reserved text `__opsflow_value_`")
+    if not pending:
+        return text
+    parts: list[str | Hole] = []
+    for index, piece in enumerate(pieces):
+        parts.append(piece if index % 2 == 0 else Hole())
+    shape = analyse(parts)
+    if shape.problem:
+        raise ValidationError(shape.problem)
+    out = pieces[:1]
+    for (value, static, shown), slot, literal in zip(pending, shape.slots, pieces[2::2], strict=True):
+        out += [_quoted_words(value, dataclasses.replace(slot, line=static.line), shown), literal]
+    return "".join(out)
 
 
 def _items(value: Any) -> Iterator[tuple[str, bool]]:
@@ -338,8 +379,17 @@ class Template:
 
     def render(self, context: Mapping[str, Any], *, shell: bool = False) -> str:
         with _reporting(self.where, self.source, context), budget():
-            jinja = translate_shell(self.source).jinja if shell else self._jinja
-            return join_output(_compiled(jinja, shell).generate(dict(context)))
+            if not shell:
+                return join_output(_compiled(self._jinja, False).generate(dict(context)))
+            pending: list[tuple[Any, Slot, str]] = []
+            token = _PENDING.set(pending)
+            try:
+                text = join_output(
+                    _compiled(translate_shell(self.source).jinja, True).generate(dict(context))
+                )
+            finally:
+                _PENDING.reset(token)
+            return _place(text, pending)
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._expr is None:
