@@ -24,6 +24,7 @@ from flows.shellcommands import (
     Refused,
     check_argument,
     code_variable_message,
+    command_starts,
     is_arithmetic,
     names_variable,
     script_files,
@@ -683,8 +684,11 @@ class _Reader:
             "name": names_variable(literals, [_text(w) for w in words], at),
             "command_word": at == 0 and named,
         }
-        if at > 0 and "--" not in literals[1:at]:  # after `--`, nothing is an option
-            facts["option_of"] = (os.path.basename(literals[0] or "") if named else "") or "the command"
+        # after `--`, nothing is an option of the command that `--` belongs to (`timeout -- 5 tar`: tar's)
+        owner = max(s for s in command_starts(literals, [_text(w) for w in words]) if s < at or s == 0)
+        if at > 0 and "--" not in literals[owner + 1 : at]:
+            shown = literals[owner] if owner or named else ""
+            facts["option_of"] = os.path.basename(shown or "") or "the command"
             prefix = self.source[child.start_byte : start].decode(errors="replace")
             facts["starts_word"] = all(c in "\"'" for c in prefix)
         return facts

@@ -120,6 +120,8 @@ def check_value(
     `first`: `text` starts the value (outside quotes, each later item of a list starts a word).
     `options`: the value may be an option (its author says so), so a leading `-` is allowed.
     """
+    if "\x00" in text:
+        raise UnsafeValue(f"{shown} holds a NUL byte, which a command's text cannot carry — remove it")
     if slot.kind == ARITH and not _NUMBER.fullmatch(text):
         raise UnsafeValue(
             f"{shown} lands in arithmetic, where bash evaluates text such as `a[$(cmd)]`, and "

@@ -175,6 +175,23 @@ RUNS = [
         {"option": "starts with `-`, so `printf` would take it"},
         as_list=True,
     ),
+    Runs("trap reading a variable", 'v={{ .x }}; trap \'printf "%s\\n" "$v"\' EXIT', same),
+    Runs(
+        "safe form through wrappers",
+        'timeout -- 30 env -i sh -c \'printf "%s\\n" "$1"\' _ {{ .x }}',
+        same,
+        OPTION_ONLY,
+    ),
+    Runs(
+        "associative array key",
+        "declare -A m=([k{{ .x }}]=1); printf '%s\\n' \"${!m[@]}\"",
+        lambda v: f"k{v}\n",
+    ),
+    Runs(
+        "sed --sandbox script",
+        "printf 'a\\n' | sed --sandbox -n 's/a/[{{ .x }}]/p' >/dev/null 2>&1 || true; echo ok",
+        lambda v: "ok\n",
+    ),
     Runs("trimmed whitespace", "printf -- '%s\\n' x\n  {{- .x -}}  \n", lambda v: f"x{v}\n"),
 ]
 
@@ -264,6 +281,50 @@ REFUSED = [
     Refused("here-string to sh", "sh <<< {{ .x }}", "is the program `sh` runs"),
     Refused("pipe to sh", "echo {{ .x }} | sh", "run as code by `sh`"),
     Refused("here-document piped to sh", "cat <<EOF | sh\necho {{ .x }}\nEOF", "is the program `sh` runs"),
+    # text bash runs later, or through a wrapper, or from a file a substitution writes
+    Refused("trap action", "trap 'echo {{ .x }}' EXIT", "`trap` runs its action"),
+    Refused("trap in a block", '{ trap -- "echo {{ .x }}" INT; }', "`trap` runs its action"),
+    Refused("command eval", 'command eval "echo {{ .x }}"', "`eval` runs its arguments"),
+    Refused("builtin eval", 'builtin eval "echo {{ .x }}"', "`eval` runs its arguments"),
+    Refused("time eval", 'time eval "echo {{ .x }}"', "`eval` runs its arguments"),
+    Refused("eval after wrappers", 'command -p builtin eval "echo {{ .x }}"', "`eval` runs its arguments"),
+    Refused("second -e of perl", "perl -e 'print 1;' -e 'print \"{{ .x }}\"'", "`perl -e`"),
+    Refused("bash <( )", "bash <(echo 'echo {{ .x }}')", "process substitution is run as code by `bash`"),
+    Refused("source <( )", "source <(echo 'echo {{ .x }}')", "run as code by `source`"),
+    Refused("sh < <( )", "sh < <(echo 'echo {{ .x }}')", "run as code by `sh`"),
+    Refused("> >(sh)", "echo 'echo {{ .x }}' > >(sh)", "run as code by `sh`"),
+    Refused("bash /dev/stdin", "bash /dev/stdin <<< 'echo {{ .x }}'", "the program `bash` runs"),
+    Refused(
+        "pipe to source /dev/stdin", "echo 'echo {{ .x }}' | source /dev/stdin", "run as code by `source`"
+    ),
+    Refused("pipe to xargs sh -c", "echo 'echo {{ .x }}' | xargs sh -c", "run as code by `xargs`"),
+    Refused("declare -ai element", "declare -ai a; a[0]={{ .x }}", "lands in arithmetic"),
+    Refused("array literal subscript", "a=([{{ .x }}]=1)", "lands in arithmetic"),
+    Refused("RANDOM", "RANDOM={{ .x }}", "lands in arithmetic"),
+    Refused("OPTIND", "OPTIND={{ .x }}", "lands in arithmetic"),
+    Refused("compgen -W", "compgen -W '{{ .x }}'", "`compgen -W`"),
+    Refused("compgen -C", "compgen -C 'echo {{ .x }}' a", "`compgen -W`"),
+    Refused("complete -C", "complete -C 'echo {{ .x }}' foo", "`complete -W`"),
+    Refused("mapfile -C", "mapfile -C 'echo {{ .x }}' -c 1 a < /dev/null", "`mapfile -C`"),
+    Refused("readarray -C", 'readarray -C "echo {{ .x }}" a < /dev/null', "`readarray -C`"),
+    Refused("PS4", "PS4='$(echo {{ .x }})'; set -x", "`PS4` is run or expanded as code"),
+    Refused("export PROMPT_COMMAND", "export PROMPT_COMMAND='echo {{ .x }}'", "`PROMPT_COMMAND`"),
+    Refused("BASH_ENV before a command", "BASH_ENV='{{ .x }}' bash -c true", "`BASH_ENV`"),
+    Refused("env ENV=", "env ENV='{{ .x }}' sh -c true", "`ENV`"),
+    Refused("alias", "alias a='echo {{ .x }}'", "`alias` defines shell code"),
+    Refused("bind -x", "bind -x '\"\\C-x\":echo {{ .x }}'", "`bind` defines shell code"),
+    Refused("script -c", "script -qc 'echo {{ .x }}' /dev/null", "`script -c`"),
+    Refused("parallel command words", "parallel echo {{ .x }} ::: a", "`parallel` runs its command words"),
+    Refused("sudo -s", "sudo -s echo {{ .x }}", "`sudo -s`"),
+    Refused("env -S", "env -S 'echo {{ .x }}'", "`env -S`"),
+    Refused("sg", "sg adm 'echo {{ .x }}'", "`sg` runs its command"),
+    Refused("node --print", "node --print '\"{{ .x }}\"'", "`node -e`"),
+    Refused("node --eval=", "node --eval='console.log(\"{{ .x }}\")'", "`node -e`"),
+    Refused("php -r", "php -r 'echo \"{{ .x }}\";'", "`php -r`"),
+    Refused("awk program", "awk 'BEGIN { print \"{{ .x }}\" }'", "awk -v name=VALUE"),
+    Refused("timeout awk program", "timeout -- 5 gawk -F: '{ print \"{{ .x }}\" }' /dev/null", "`gawk`"),
+    Refused("sed script", "sed 's/a/{{ .x }}/' /dev/null", "`sed --sandbox`"),
+    Refused("sed -e script", "echo a | sed -n -e 's/a/{{ .x }}/ep'", "`sed --sandbox`"),
     # quoting that cannot hold a value
     Refused("backticks", "echo `echo {{ .x }}`", "backticks"),
     Refused("$'...'", "echo $'{{ .x }}'", "$'...'"),
@@ -537,3 +598,51 @@ def test_fuzz_random_commands_never_run_a_value(seed: int, value: str, tmp_path:
             bash_argv(command), cwd=tmp_path, capture_output=True, timeout=10, stdin=subprocess.DEVNULL
         )
     assert not marker.exists(), (source, command)
+
+
+# --- what only the rendered command shows -----------------------------------------------------
+
+
+def test_blocks_and_raw_text_are_read_again_when_rendered(tmp_path: Path) -> None:
+    """`{{ if }}` blocks and `| raw` text can put a value where the template alone does not
+    show it: the rendered command is read again before any value is quoted."""
+    marker = tmp_path / "M"
+    hostile = {"x": f"$(touch {marker})", "a": True, "p": "trap"}
+    for source, message in [
+        ("{{ if .a }}eval{{ else }}echo{{ end }} {{ .x }}", "`eval` runs its arguments"),
+        ("{{ .p | raw }} {{ .x }} EXIT", "`trap` runs its action"),
+        ("{{ if .a }}declare -i n; {{ end }}n={{ .x }}", "lands in arithmetic"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            compile_template(source).render(hostile, shell=True)
+    path = workflow(
+        tmp_path / "wf.yaml",
+        "{{ if .a }}eval{{ else }}echo{{ end }} {{ .x }}",
+        [{"name": "x", "default": "v"}, {"name": "a", "type": "bool", "default": False}],
+    )
+    assert bash(rendered(path, {"x": hostile["x"]}), tmp_path).stdout.decode() == hostile["x"] + "\n"
+    with pytest.raises(ValidationError, match="`eval` runs its arguments"):
+        rendered(path, {"x": hostile["x"], "a": True})
+    assert not marker.exists()
+
+
+def test_a_here_document_inside_a_substitution_cannot_be_ended_by_a_value(tmp_path: Path) -> None:
+    """Inside `$( )` bash ends a here-document at a line that starts with its delimiter (`EOF)`)."""
+    marker = tmp_path / "M"
+    for command in [
+        'x=$(cat <<EOF\n{{ .x }}\nEOF\n)\nprintf "%s\\n" "$x"',
+        "echo $(f() { cat <<EOF\n{{ .x }}\nEOF\n}; f)",
+    ]:
+        path = workflow(tmp_path / "wf.yaml", command)
+        for value in [f"a\nEOF)\ntouch {marker}\necho ", f"EOFx\ntouch {marker}"]:
+            with pytest.raises(ValidationError, match="ends its here-document early"):
+                rendered(path, {"x": value})
+        assert not bash(rendered(path, {"x": "a\n EOF)"}), tmp_path).returncode
+    assert not marker.exists()
+
+
+def test_a_nul_byte_is_refused_wherever_a_value_comes_from(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="NUL byte"):
+        rendered(workflow(tmp_path / "wf.yaml", "printf '%s\\n' {{ .x }}"), {"x": "a\x00b"})
+    with pytest.raises(ValidationError, match="holds a NUL byte"):
+        compile_template("printf '%s\\n' {{ .outputs.o }}").render({"outputs": {"o": "a\x00b"}}, shell=True)
