@@ -3,8 +3,10 @@
 variable names (`read`, `unset`, `printf -v`). Pure.
 
 A command is given as its words after quote removal (`None` for a word holding a value or an
-expansion), the command's name first. Programs are found anywhere among the words, so
-`sudo -u app bash -c ...`, `env sh -c ...` and `find . -exec sh -c ...` count too.
+expansion), the command's name first. Interpreters with a code option are found anywhere
+among the words (`sudo -u app bash -c ...`); builtins and programs whose operands are code
+(`eval`, `trap`, `awk`) are found where a command starts: the name, and what each wrapper runs
+after its options (`command eval`, `timeout -- 5 CMD`, `env -i A=1 CMD`, `find -exec CMD`).
 """
 
 from __future__ import annotations

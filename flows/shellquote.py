@@ -5,7 +5,9 @@ values into shell text. Each value is quoted for the place it lands in: outside 
 "...", '...', a here-document, a comment. Where bash runs text as code whatever its quoting,
 a value is refused before anything runs: in arithmetic (`$(( ))`, `a[...]`: bash evaluates
 `a[$(cmd)]`) unless it is a plain number, as a variable name, in a second shell's script
-(`sh -c '...'`, `eval`, `ssh host ...`), in backticks or `$'...'`.
+(`sh -c '...'`, `eval`, `trap`, `ssh host ...`, an awk program), in backticks or `$'...'`.
+Rendering reads the rendered command again (flows/workflow/template.py), so blocks and `| raw`
+text cannot move a value elsewhere than it is checked.
 
 `analyse` reads the command with bash's grammar (shellparse.py) and says where each value
 lands; `check_value` and `quote_text` then treat each value for its place.

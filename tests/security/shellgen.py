@@ -15,6 +15,8 @@ _PROGRAMS = [
     "echo", "printf '%s\\n'", "cat", "sh -c", "bash -c", "eval", "true", ":", "read -r", "let",
     "declare -i", "export", "sudo sh -c", "env bash -c", "ssh h", "python3 -c", "xargs sh -c",
     "su -c", "command", "exec", "time", "test", "printf -v", "unset", "[", "watch", "getopts",
+    "trap", "command eval", "time eval", "timeout -- 5 sh -c", "env -i bash -c", "awk", "sed",
+    "compgen -W", "mapfile -C", "alias", "bash /dev/stdin", "source", "perl -e 1 -e", "node -p",
 ]  # fmt: skip
 
 
