@@ -6,10 +6,14 @@ lists and dicts); on top of that, every render has bounds, so a workflow file ca
 
 - values a template builds (`'x' * N`, `[x] * N`, `2 ** N`, `'%9999999s' % x`, `~`, `join`,
   `center`, `replace`, ...) may hold at most MAX_VALUE characters/items, checked *before* the
-  operation allocates them;
+  operation allocates them; a filter that collects what another filter yields (`list`, `join`,
+  `sort`, `sum(start=[])`...) counts as it collects, so `map` and `select` chains cannot pile up
+  items past the bound either;
+- bytes are not template values (`'x'.encode()` is refused): every bound counts text;
 - a render's output is at most MAX_OUTPUT characters, counted as it is produced;
-- a render takes at most MAX_STEPS steps (loop iterations, calls, attribute reads, operators)
-  and MAX_SECONDS, checked at each step: a step runs in microseconds, so the bound holds
+- a render takes at most MAX_STEPS steps (loop iterations, calls, filter and test calls, each
+  item a filter callback sees, attribute reads, operators) and MAX_SECONDS, checked at each
+  step: no single step does more than a bounded value's worth of work, so the bound holds
   without a thread or a signal per render (renders happen in Prefect's worker threads too).
 
 The same rules run on the template's syntax tree when it is compiled: what the sandbox would
@@ -18,6 +22,7 @@ refuse whatever the values (`''.__class__`, `self`, `'x' * 1000000000`) fails `v
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -30,10 +35,11 @@ from typing import Any
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.filters import make_attrgetter
 from jinja2.nodes import EvalContext, Impossible
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from jinja2.utils import _PassArg
+from jinja2.utils import _PassArg, pass_environment
 
 from flows.errors import ValidationError
 
@@ -89,7 +95,8 @@ def step() -> None:
     current.steps += 1
     if current.steps > MAX_STEPS:
         raise TemplateLimit(f"the template takes more than {MAX_STEPS:,} steps — loop over less")
-    if not current.steps & 0x3F and time.monotonic() > current.deadline:
+    # every step: one step may cost up to a full-size value's work (a sort, an `in` test)
+    if time.monotonic() > current.deadline:
         raise TemplateLimit(f"the template takes longer than {MAX_SECONDS:g} s to render — loop over less")
 
 
@@ -100,13 +107,32 @@ def counted(items: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
+_SCALARS = frozenset({bool, float, type(None)})
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _counts_one(item: Any) -> bool:
+    kind = type(item)
+    return kind in _SCALARS or (kind is int and item.bit_length() <= 64)
+
+
 def size(value: Any, limit: int = MAX_VALUE) -> int:
     """Characters of a string, items of a collection counted through nesting (a list that
     holds one long string N times counts N times its length); stops counting past `limit`."""
     total, stack = 0, [value]
     while stack and total <= limit:
         item = stack.pop()
-        if isinstance(item, str | bytes):
+        kind = type(item)
+        if kind is str:
+            total += len(item)
+        elif kind is list or kind is tuple:
+            # plain items (numbers, booleans) count one each without a trip through the loop
+            nested = [x for x in item if not _counts_one(x)] if len(item) <= limit else []
+            total += 1 + len(item) - len(nested)
+            stack.extend(nested)
+        elif isinstance(item, _BYTES):
+            raise _no_bytes()
+        elif isinstance(item, str):
             total += len(item)
         elif isinstance(item, Mapping):
             total += 1 + len(item)
@@ -126,7 +152,25 @@ def _too_big(what: str) -> TemplateLimit:
     return TemplateLimit(f"{what} would be over {MAX_VALUE:,} characters or items — build less")
 
 
+def _no_bytes() -> TemplateLimit:
+    return TemplateLimit("bytes values are not supported in templates — work with text")
+
+
+def collect(items: Iterable[Any], what: str) -> list[Any]:
+    """`list(items)`, one step per item, refused as soon as the items pass MAX_VALUE."""
+    out: list[Any] = []
+    total = 0
+    for item in counted(items):
+        total += size(item)
+        if total > MAX_VALUE:
+            raise _too_big(what)
+        out.append(item)
+    return out
+
+
 def check_size(value: Any, what: str = "a template value") -> Any:
+    if isinstance(value, _BYTES):
+        raise _no_bytes()
     if size(value) > MAX_VALUE:
         raise _too_big(what)
     return value
@@ -134,9 +178,13 @@ def check_size(value: Any, what: str = "a template value") -> Any:
 
 def checked_join(separator: str, items: Iterable[Any]) -> str:
     """`separator.join(str(item) ...)`, refused before it would exceed MAX_VALUE."""
-    texts = [str(item) for item in counted(items)]
-    if sum(map(len, texts)) + len(separator) * max(len(texts) - 1, 0) > MAX_VALUE:
-        raise _too_big("a joined text")
+    texts: list[str] = []
+    total = -len(separator)
+    for item in counted(items):
+        texts.append(str(item))
+        total += len(texts[-1]) + len(separator)
+        if total > MAX_VALUE:
+            raise _too_big("a joined text")
     return separator.join(texts)
 
 
@@ -173,6 +221,8 @@ def _is_count(value: Any) -> bool:
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if isinstance(left, _BYTES) or isinstance(right, _BYTES):
+        raise _no_bytes()
     if operator == "*":
         for seq, count in ((left, right), (right, left)):
             if _is_count(count) and isinstance(seq, str | bytes | list | tuple):
@@ -223,7 +273,7 @@ def _checked_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
     items materialised, so the check and the join see the same ones)."""
     owner = getattr(func, "__self__", None)
     if isinstance(owner, str) and getattr(func, "__name__", "") == "join" and len(args) == 1:
-        items = list(counted(args[0]))
+        items = collect(args[0], "a joined text")
         if size(items) + len(owner) * len(items) > MAX_VALUE:
             raise _too_big("a joined text")
         args = (items,)
@@ -269,6 +319,30 @@ def _filter_checks(arguments: Mapping[str, Any], name: str) -> None:
         raise TemplateLimit(f"`slice` into more than {MAX_RANGE:,} parts is not supported")
 
 
+# Filters that pass what they are given on one item at a time; the others collect it first.
+_STREAMING = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "first", "min", "max", "sum"})
+
+
+def _bounded_argument(name: str, value: Any) -> Any:
+    """An argument a filter will read: an iterator (what `map`, `select`, `batch` yield) is
+    counted per item, and collected with the size bound when the filter collects it anyway."""
+    if isinstance(value, _BYTES):
+        raise _no_bytes()
+    if not isinstance(value, Iterator):
+        return value
+    if name in _STREAMING:
+        return counted(value)
+    return iter(collect(value, f"what `{name}` collects"))
+
+
+# Filters whose arguments are checked before they run (_filter_checks, join).
+_CHECKED = frozenset({"center", "indent", "replace", "format", "wordwrap", "batch", "slice", "join"})
+
+
+def _needs_bounds(value: Any) -> bool:
+    return isinstance(value, Iterator | bytes | bytearray | memoryview)
+
+
 def limited_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """`func` (a filter), counted as a step, refused when its result would be too big."""
     if getattr(func, "_limited", False):
@@ -277,27 +351,73 @@ def limited_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         signature: inspect.Signature | None = inspect.signature(func)
     except (TypeError, ValueError):  # pragma: no cover - every Jinja filter has one
         signature = None
+    # Jinja's sync/async filters (`list`, `select`, `map`...) take an evaluation context first
+    # that their signature (the sync function's) does not show.
+    hidden = int(_PassArg.from_obj(func) is not None and _PassArg.from_obj(inspect.unwrap(func)) is None)
 
     @functools.wraps(func)
     def limited(*args: Any, **kwargs: Any) -> Any:
         step()
-        try:
-            bound = signature.bind(*args, **kwargs) if signature is not None else None
-        except TypeError:
-            bound = None  # the filter itself says what is wrong with the call
+        first, args = args[:hidden], args[hidden:]
+        bound = None
+        if signature is not None and (name in _CHECKED or any(map(_needs_bounds, (*args, *kwargs.values())))):
+            with contextlib.suppress(TypeError):  # the filter itself says what is wrong with the call
+                bound = signature.bind(*args, **kwargs)
         if bound is not None:
+            for key, value in bound.arguments.items():
+                bound.arguments[key] = _bounded_argument(name, value)
             if name == "join" and "value" in bound.arguments:
                 # materialised once, so the check and the join see the same items
-                items = list(counted(bound.arguments["value"]))
+                items = collect(bound.arguments["value"], "a joined text")
                 bound.arguments["value"] = items
                 if size(items) + len(str(bound.arguments.get("d", ""))) * len(items) > MAX_VALUE:
                     raise _too_big("a joined text")
-                args, kwargs = bound.args, bound.kwargs
+            args, kwargs = bound.args, bound.kwargs
             _filter_checks(bound.arguments, name)
-        return check_size(func(*args, **kwargs), f"the result of `{name}`")
+        return check_size(func(*first, *args, **kwargs), f"the result of `{name}`")
 
     limited._limited = True  # type: ignore[attr-defined]
     return limited
+
+
+def limited_test(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` (a test), counted as a step: `select` and `reject` call one per item."""
+    if getattr(func, "_limited", False):
+        return func
+
+    @functools.wraps(func)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        step()
+        return func(*args, **kwargs)
+
+    limited._limited = True  # type: ignore[attr-defined]
+    return limited
+
+
+@pass_environment
+def bounded_sum(environment: Any, iterable: Any, attribute: str | int | None = None, start: Any = 0) -> Any:
+    """Jinja's `sum`, one step per item; lists (`sum(start=[])`) are joined in one pass, and
+    refused as soon as they pass MAX_VALUE, instead of copied once per item."""
+    if attribute is not None:
+        iterable = map(make_attrgetter(environment, attribute), iterable)
+    if isinstance(start, (str, *_BYTES)):
+        raise TypeError("sum() can't sum strings [use join instead]")
+    if not isinstance(start, list | tuple):
+        total = start
+        for item in counted(iterable):
+            _check_binop("+", total, item)
+            total = total + item
+        return total
+    joined, count = list(start), size(start)
+    for item in counted(iterable):
+        if not isinstance(item, type(start)):
+            kind = type(start).__name__
+            raise TypeError(f'can only concatenate {kind} (not "{type(item).__name__}") to {kind}')
+        count += size(item)
+        if count > MAX_VALUE:
+            raise _too_big("a sum of lists")
+        joined.extend(item)
+    return type(start)(joined)
 
 
 def limited_range(*args: int) -> range:
@@ -332,11 +452,18 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         for name in UNUSED_GLOBALS:
             self.globals.pop(name, None)
         self.globals["range"] = limited_range
+        self.filters["sum"] = bounded_sum
         self.limit_filters()
 
     def limit_filters(self) -> None:
-        """Bound the filters registered since construction too (call after adding some)."""
+        """Bound the filters (and tests) registered since construction too (call after adding some)."""
         self.filters.update({name: limited_filter(name, f) for name, f in self.filters.items()})
+        self.tests.update({name: limited_test(f) for name, f in self.tests.items()})
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, _BYTES) or (isinstance(obj, str) and attr == "encode"):
+            raise _no_bytes()
+        return super().is_safe_attribute(obj, attr, value)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         step()
@@ -393,10 +520,11 @@ def check_tree(tree: nodes.Template, env: LimitedSandbox) -> None:
                 blocked, inner = _blocked(inner), inner.node
             raise ValidationError(f"blocked by the template sandbox: {blocked}")
     context = EvalContext(env)
+    memo: dict[int, Any] = {}  # each node is computed once, however deep the expression nests
     with budget():
         for node in tree.find_all((nodes.BinExpr, nodes.Concat, nodes.Filter, nodes.Call)):
             try:
-                _fold(node, env, context)
+                _fold(node, env, context, memo)
             except TemplateLimit:
                 raise
             except (Impossible, SecurityError, Exception):  # decided by values, at render time
@@ -448,18 +576,32 @@ def _private(node: nodes.Node, prefix: str) -> bool:
     )
 
 
-def _fold(node: nodes.Node, env: LimitedSandbox, context: EvalContext) -> Any:
+def _fold(node: nodes.Node, env: LimitedSandbox, context: EvalContext, memo: dict[int, Any]) -> Any:
     """The value of a constant expression, computed with the bounds; Impossible otherwise."""
+    if id(node) not in memo:
+        try:
+            memo[id(node)] = (True, _fold_once(node, env, context, memo))
+        except TemplateLimit:
+            raise
+        except Exception as err:  # noqa: BLE001 - kept to be raised again for the enclosing nodes
+            memo[id(node)] = (False, err)
+    done, value = memo[id(node)]
+    if not done:
+        raise value
+    return value
+
+
+def _fold_once(node: nodes.Node, env: LimitedSandbox, context: EvalContext, memo: dict[int, Any]) -> Any:
     if isinstance(node, nodes.BinExpr) and node.operator in env.intercepted_binops:
         return env.call_binop(
-            None, node.operator, _fold(node.left, env, context), _fold(node.right, env, context)
+            None, node.operator, _fold(node.left, env, context, memo), _fold(node.right, env, context, memo)
         )
     if isinstance(node, nodes.Concat):
-        return env.limited_concat([_fold(part, env, context) for part in node.nodes])
+        return env.limited_concat([_fold(part, env, context, memo) for part in node.nodes])
     if isinstance(node, nodes.List):
-        return [_fold(item, env, context) for item in node.items]
+        return [_fold(item, env, context, memo) for item in node.items]
     if isinstance(node, nodes.Tuple):
-        return tuple(_fold(item, env, context) for item in node.items)
+        return tuple(_fold(item, env, context, memo) for item in node.items)
     if isinstance(node, nodes.Filter | nodes.Call) and (node.dyn_args or node.dyn_kwargs):
         raise Impossible()
     if isinstance(node, nodes.Filter) and node.node is not None:
@@ -468,18 +610,18 @@ def _fold(node: nodes.Node, env: LimitedSandbox, context: EvalContext) -> Any:
         if func is None or pass_arg is _PassArg.context:
             raise Impossible()
         first = {_PassArg.eval_context: [context], _PassArg.environment: [env]}.get(pass_arg, [])  # type: ignore[arg-type]
-        args = [_fold(arg, env, context) for arg in node.args]
-        kwargs = {kw.key: _fold(kw.value, env, context) for kw in node.kwargs}
-        return func(*first, _fold(node.node, env, context), *args, **kwargs)
+        args = [_fold(arg, env, context, memo) for arg in node.args]
+        kwargs = {kw.key: _fold(kw.value, env, context, memo) for kw in node.kwargs}
+        return func(*first, _fold(node.node, env, context, memo), *args, **kwargs)
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range":
         if node.kwargs:
             raise Impossible()
-        return limited_range(*[_fold(arg, env, context) for arg in node.args])
+        return limited_range(*[_fold(arg, env, context, memo) for arg in node.args])
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):  # 'x'.ljust(9), '{}'.format(1)
-        method = env.getattr(_fold(node.node.node, env, context), node.node.attr)
+        method = env.getattr(_fold(node.node.node, env, context, memo), node.node.attr)
         if not callable(method) or isinstance(method, Undefined):
             raise Impossible()
-        args = [_fold(arg, env, context) for arg in node.args]
-        kwargs = {kw.key: _fold(kw.value, env, context) for kw in node.kwargs}
+        args = [_fold(arg, env, context, memo) for arg in node.args]
+        kwargs = {kw.key: _fold(kw.value, env, context, memo) for kw in node.kwargs}
         return check_size(method(*_checked_arguments(method, tuple(args), kwargs), **kwargs))
     return node.as_const(context)

@@ -270,6 +270,87 @@ def test_ordinary_templates_render_as_before():
     assert compile_template("{{ '%05d' % .n }} {{ '{:>4}'.format(.name) }}").render(context) == "00003   v1"
 
 
+# Each builds its gigabytes or its hours inside one filter or method call, out of the steps
+# counted between calls: collecting what `map` yields, `select`/`reject` tests, summing lists,
+# bytes. `.n` comes from a parameter, so the template is rendered by `plan`, not folded.
+INTERMEDIATE = [
+    ("range(.n) | map('string') | map('center', .n) | list | length", "what `list` collects"),
+    ("range(.n) | map('string') | map('center', .n) | sort | length", "what `sort` collects"),
+    ("join (range(.n) | map('string') | map('center', .n)) ',' | length", "a joined text"),
+    ("','.join(range(.n) | map('string') | map('center', .n)) | length", "a joined text"),
+    ("range(.n) | map('string') | map('center', 1000) | join(',') | length", "collects"),
+    ("range(.n) | select('in', range(.n) | list) | list | length", "the template takes"),
+    ("range(.n) | reject('in', range(.n) | list) | list | length", "the template takes"),
+    ("(('x' * .n).encode().join(['a'.encode()] * .n)) | length", "bytes values are not supported"),
+    ("((('%' ~ (.n * 9999) ~ 's').encode()) % ('x'.encode(),)) | length", "bytes values are not supported"),
+    ("('x' * .n).encode() | length", "bytes values are not supported"),
+]
+# Each case's process may use this much memory: past it the old build ended in MemoryError.
+HOSTILE_MEMORY = 2 * 1024**3
+
+
+def _plan_in_a_subprocess(path: Path) -> subprocess.CompletedProcess[str]:
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({HOSTILE_MEMORY}, {HOSTILE_MEMORY}))"
+    code = f"{limit}\nfrom flows.batch import main\nmain(['plan', {str(path)!r}])"
+    # generous: a fixed build ends in seconds; the old one ran for minutes or ran out of memory
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=ROOT)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("expression", "words"), INTERMEDIATE)
+def test_filters_cannot_build_huge_intermediate_values(tmp_path, expression, words):
+    path = tmp_path / "intermediate.yaml"
+    path.write_text(
+        "name: intermediate\nparameters:\n  - name: n\n    type: int\n    default: 100000\n"
+        f'steps:\n  - name: a\n    command: "echo {{{{ {expression} }}}}"\n'
+    )
+    done = _plan_in_a_subprocess(path)
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert len(err) == 1 and LOG_LINE.match(err[0]), err
+    assert f"{path}:8: " in err[0] and words in err[0], err[0]
+    assert "MemoryError" not in err[0]
+
+
+@pytest.mark.timeout(300)
+def test_a_sum_of_lists_is_built_in_one_pass(tmp_path):
+    # `sum(start=[])` once copied the growing list for each item: hours for 100,000 short lists
+    path = tmp_path / "flatten.yaml"
+    path.write_text(
+        "name: flatten\nparameters:\n  - name: n\n    type: int\n    default: 100000\n"
+        "steps:\n  - name: a\n    command: \"echo {{ (range(.n) | map('string') | map('center', 9) "
+        "| map('list') | list) | sum(start=[]) | length }}\"\n"
+    )
+    done = _plan_in_a_subprocess(path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "echo 900000" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ 'x'.encode() }}", "{{ ('x' * 10).encode() | length }}", "{{ 'ab'.encode('utf-16') }}"],
+)
+def test_bytes_fail_validate(tmp_path, capsys, source):
+    path = write(tmp_path, f'name: b\nsteps:\n  - name: a\n    command: "echo {source}"\n')
+    assert cli("validate", str(path)) == 3
+    assert f"{path}:4: bytes values are not supported in templates" in one_error_line(capsys)
+
+
+def test_filters_over_what_other_filters_yield_still_work():
+    from flows.workflow.template import compile_template
+
+    context = {"xs": [[1, 2], [3]], "names": ["b", "a", "c"]}
+    assert compile_template("{{ .xs | sum(start=[]) | join(',') }}").render(context) == "1,2,3"
+    assert compile_template("{{ range(5) | sum }}").render(context) == "10"
+    assert compile_template("{{ .names | map('upper') | sort | join('') }}").render(context) == "ABC"
+    assert compile_template("{{ range(10) | select('odd') | list | length }}").render(context) == "5"
+    assert compile_template("{{ range(10) | reject('in', [1, 2]) | first }}").render(context) == "0"
+    assert (
+        compile_template("{{ .names | map('center', 3) | list | join('|') }}").render(context)
+        == " b | a | c "
+    )
+
+
 # --- validate refuses what plan and run refuse --------------------------------------------------
 
 
