@@ -36,6 +36,17 @@ def processor_for(spec: str) -> Processor:
     return parse_processor(spec)
 
 
+def after_failure(retries: int, fallbacks: list[str], fail_fast: bool) -> str:
+    """What happens next to a file that failed its first attempt, as a log line says it."""
+    if fail_fast:
+        return "--fail-fast: the batch stops"
+    if retries > 0:
+        return f"will retry, up to {retries} time(s)"
+    if fallbacks:
+        return f"no retries: the fallback processor(s) try it next ({len(fallbacks)})"
+    return "no retries, no fallback: it goes to the dead-letter queue"
+
+
 def chunk_size_for(total: int, workers: int) -> int:
     """Enough chunks to keep every worker busy (8 each), few enough to keep Prefect's cost low."""
     return max(1, min(MAX_CHUNK, math.ceil(total / (workers * 8))))
@@ -64,6 +75,7 @@ def process_chunk(
     timeout: float | None,
     options: str,
     force: bool,
+    then: str = "",
 ) -> ChunkResult:
     """Process files one after another; commit each result as soon as it exists.
 
@@ -71,7 +83,7 @@ def process_chunk(
     one failure of the database is one line for the batch, not a traceback per chunk)."""
     result = ChunkResult()
     try:
-        _process_files(result, job_id, files, processor, output, timeout, options, force)
+        _process_files(result, job_id, files, processor, output, timeout, options, force, then)
     except (ConnectionFailure, SQLAlchemyError) as exc:
         failure = records_failure(exc)
         interrupted.stop(job_id, failure.message)
@@ -89,6 +101,7 @@ def _process_files(
     timeout: float | None,
     options: str,
     force: bool,
+    then: str,
 ) -> None:
     logger = get_run_logger()
     proc = processor_for(processor)
@@ -124,7 +137,7 @@ def _process_files(
                 result.processed += 1
                 advance()
             else:
-                logger.warning(f"{item.path.name}: {outcome.error} (will retry)")
+                logger.warning(f"{item.path.name}: {outcome.error}" + (f" ({then})" if then else ""))
                 result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
         if skipped_rows:
             store.record_results(db, skipped_rows)

@@ -28,6 +28,7 @@ from flows.errors import ConnectionFailure, DependencyError, OpsflowError, Valid
 from flows.files import interrupted
 from flows.files.chunks import (
     ChunkResult,
+    after_failure,
     chunk_size_for,
     iter_chunks,
     options_key,
@@ -178,6 +179,7 @@ def _process(
     announce_total(total)
     size = chunk_size or chunk_size_for(total, workers)
     options = options_key(processor, fallbacks, output)
+    then = after_failure(retries, fallbacks, fail_fast)  # what a failed file's line says comes next
     _await_killed_runs(logger)
     if output:
         _remove_stale_temporaries(Path(output))
@@ -220,6 +222,7 @@ def _process(
                 "timeout": timeout,
                 "options": options,
                 "force": force,
+                "then": then,
             },
         )
         counts.update(queued)
@@ -234,7 +237,7 @@ def _process(
             _absorb(done, counts, failed, timing, lost)
         if (fail_fast and failed) or lost:
             break
-        pending.add(process_chunk.submit(job_id, chunk, processor, output, timeout, options, force))
+        pending.add(process_chunk.submit(job_id, chunk, processor, output, timeout, options, force, then))
     for done in as_completed(list(pending)):
         _absorb(done, counts, failed, timing, lost)
     if lost:

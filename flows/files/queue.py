@@ -33,13 +33,14 @@ def process_chunk_flow(
     timeout: float | None,
     options: str,
     force: bool,
+    then: str = "",
 ) -> dict[str, int]:
     """One chunk of a queue-mode batch, run by whichever worker takes it. Failed files are
     recorded as `failed`; the batch's own flow retries them and runs the fallbacks."""
     from flows.masking import Masker, environment_secrets, masking
 
     with masking(Masker(environment_secrets())):  # the worker's secrets out of its errors and logs
-        return _chunk(job_id, files, processor, output, timeout, options, force)
+        return _chunk(job_id, files, processor, output, timeout, options, force, then)
 
 
 def _chunk(
@@ -50,11 +51,12 @@ def _chunk(
     timeout: float | None,
     options: str,
     force: bool,
+    then: str = "",
 ) -> dict[str, int]:
     from flows.files import interrupted
     from flows.files.chunks import process_chunk
 
-    result = process_chunk.fn(job_id, files, processor, output, timeout, options, force)
+    result = process_chunk.fn(job_id, files, processor, output, timeout, options, force, then)
     interrupted.forget(job_id)  # this worker may take the job's next chunk when the database is back
     if result.lost:
         raise ConnectionFailure(result.lost)  # the batch's own run redoes what this chunk did not record
@@ -65,7 +67,7 @@ def _chunk(
         ]
         with session() as db:
             store.record_results(db, rows)
-        get_run_logger().warning(f"{len(result.failed)} file(s) failed; the batch will retry them")
+        get_run_logger().warning(f"{len(result.failed)} file(s) failed" + (f" ({then})" if then else ""))
     return {"processed": result.processed, "skipped": result.skipped, "failed": len(result.failed)}
 
 

@@ -499,3 +499,32 @@ def test_files_history_shows_a_running_batch_whose_process_is_gone_as_killed(tmp
         assert json.loads(capsys.readouterr().out)["status"] == "killed"
     finally:
         dispose_engines()
+
+
+# --- what a failing file's line says comes next -------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--retries", "0"], "(no retries, no fallback: it goes to the dead-letter queue)"),
+        (["--retries", "2", "--retry-delay", "0"], "(will retry, up to 2 time(s))"),
+        (["--fail-fast"], "(--fail-fast: the batch stops)"),
+    ],
+)
+def test_a_failing_file_says_what_really_comes_next(tmp_path, prefect_api, options, says):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "broken.txt").write_text("x")
+    env = dict(os.environ, OPSFLOW_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("OPSFLOW_DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.batch", "files", "run", str(source), "-p", "false {input}", *options],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if "broken.txt: " in line and "exit code" in line]
+    assert lines and lines[0].endswith(says), done.stderr[-3000:]
+    if options == ["--retries", "0"]:
+        assert "will retry" not in done.stderr
