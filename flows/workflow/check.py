@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import graphlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ def analyse(loaded: LoadedWorkflow, sets: Mapping[str, Any] | None = None) -> An
     sets = sets or {}
     graph = build_graph(loaded)
     _check_parameters(loaded, sets)
+    _check_variables(loaded)
     _check_references(loaded, graph)
     _check_resources(loaded, graph)
     check_metrics(loaded, graph)
@@ -68,6 +70,48 @@ def _check_parameters(loaded: LoadedWorkflow, sets: Mapping[str, Any]) -> None:
         value = reveal(sets.get(param.name))
         if param.name in sets and not (param.is_secret and reference(value)):
             check(param, coerce(param, value))
+
+
+def _check_variables(loaded: LoadedWorkflow) -> None:
+    """Variables are computed in file order, each from parameters and earlier variables: one that
+    uses itself, a later one, or (through others) comes back to itself is refused now, naming
+    the cycle, instead of failing the run as an undefined name."""
+    spec = loaded.spec
+    order = {key: index for index, key in enumerate(spec.variables)}
+    # a variable named like a parameter or a built-in reads that value, never a variable
+    given = {p.name for p in spec.parameters} | set(BUILTIN_NAMES)
+    uses: dict[str, list[str]] = {}
+    for key, value in spec.variables.items():
+        if isinstance(value, str) and "{{" in value:
+            loc = ("variables", key)
+            names = compile_template(value, where=loaded.where(loc), line=loaded.line(loc)).names()
+            uses[key] = sorted((n for n in names if n in order and n not in given), key=order.__getitem__)
+    try:
+        graphlib.TopologicalSorter(uses).prepare()
+    except graphlib.CycleError as err:
+        cycle: list[str] = err.args[1][:-1]
+        if len(cycle) > 1 and cycle[1] not in uses[cycle[0]]:
+            cycle.reverse()  # read it as "uses"
+        start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+        cycle = cycle[start:] + cycle[:start]
+        shown = " → ".join(f"`{key}`" for key in [*cycle, cycle[0]])
+        what = (
+            f"variable `{cycle[0]}` uses itself"
+            if len(cycle) == 1
+            else f"variables use each other in a cycle: {shown}"
+        )
+        raise ValidationError(
+            f"{what} — no value can be computed: use a parameter or a literal instead",
+            where=loaded.where(("variables", cycle[0])),
+        ) from None
+    for key, used in uses.items():
+        later = [n for n in used if order[n] > order[key]]
+        if later:
+            raise ValidationError(
+                f"variable `{key}` uses `.{later[0]}`, which is defined after it — variables may use "
+                f"parameters and earlier variables: move `{later[0]}` above `{key}`",
+                where=loaded.where(("variables", key)),
+            )
 
 
 def _check_references(loaded: LoadedWorkflow, graph: Graph) -> None:

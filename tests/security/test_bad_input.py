@@ -405,6 +405,45 @@ def test_undeclared_names_fail_validate_unless_given_with_set(tmp_path, capsys):
     assert cli("plan", "--set", "image_tag=v2", str(path)) == 0
 
 
+VARIABLE_CYCLES = [
+    (
+        {"a": "{{ .b }}-x", "b": "{{ .c }}", "c": "{{ .a }}"},
+        3,
+        "variables use each other in a cycle: `a` → `b` → `c` → `a`",
+    ),
+    ({"a": "{{ .a }}-x"}, 3, "variable `a` uses itself"),
+    (
+        {"tag": "v1", "b": "{{ if .tag }}{{ .c }}{{ end }}", "c": "{{ join (list (.b)) ',' }}"},
+        4,
+        "variables use each other in a cycle: `b` → `c` → `b`",
+    ),
+    ({"a": "{{ .b }}", "b": "y"}, 3, "variable `a` uses `.b`, which is defined after it"),
+]
+
+
+@pytest.mark.parametrize(("variables", "line", "words"), VARIABLE_CYCLES)
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_variables_that_use_each_other_fail_validate_naming_the_cycle(
+    tmp_path, capsys, variables, line, words, command
+):
+    body = "".join(f'  {key}: "{value}"\n' for key, value in variables.items())
+    path = write(
+        tmp_path, f"name: v\nvariables:\n{body}steps:\n  - name: a\n    command: echo {{{{ .a }}}}\n"
+    )
+    assert cli(command, str(path)) == 3
+    assert f"{path}:{line}: {words}" in one_error_line(capsys)
+
+
+def test_a_variable_may_derive_from_a_parameter_of_its_own_name(tmp_path, capsys):
+    path = write(
+        tmp_path,
+        "name: v\nparameters:\n  - name: tag\n    default: v1\nvariables:\n"
+        '  tag: "{{ .tag }}-rc"\n  a: "{{ .tag }}"\nsteps:\n  - name: a\n    command: echo {{ .a }}\n',
+    )
+    assert cli("validate", str(path)) == 0
+    capsys.readouterr()
+
+
 # --- the records database dies in the middle of `files run` -------------------------------------
 
 
