@@ -21,6 +21,7 @@ from flows.console import Console
 from flows.errors import EXIT_CONFIG, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
 from flows.files.cli import files_app
 from flows.health.cli import health_app
+from flows.limits import MAX_PARALLEL
 from flows.maintenance.cli import db_app
 from flows.maintenance.cli_cache import cache_app
 from flows.release.cli import release_app
@@ -66,7 +67,7 @@ WorkflowFile = Annotated[Path, typer.Argument(help="Workflow file.", show_defaul
 Env = Annotated[
     str | None, typer.Option("--env", "-e", help="Target environment (the `environment` parameter).")
 ]
-Parallel = Annotated[int | None, typer.Option(help="Most steps running at once.", min=1)]
+Parallel = Annotated[int | None, typer.Option(help="Most steps running at once.", min=1, max=MAX_PARALLEL)]
 Sets = Annotated[
     list[str] | None,
     typer.Option(
@@ -231,7 +232,9 @@ def run(
     """Run a workflow as a Prefect flow (one task run per step) and print its summary."""
     console = Console(verbose=verbose, quiet=quiet)
     try:
-        duration_option(timeout, "--timeout")
+        limit = duration_option(timeout, "--timeout")
+        if limit is not None and limit <= 0:
+            raise ValidationError(f"--timeout: a timeout must be more than 0 seconds, got {timeout!r}")
         loaded, values, the_plan, settings, mask = _prepare(
             file, sets or [], params or [], env, parallel, f"dry-run-{uuid.uuid4().hex[:8]}"
         )

@@ -6,8 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import pydantic
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from flows.durations import shown
+from flows.limits import MAX_PARALLEL
 
 
 class Settings(BaseSettings):
@@ -18,7 +22,9 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(
         Path("deployments/templates"), description="User workflow templates (`templates`, `create`)."
     )
-    parallel: int = Field(8, ge=1, description="Most steps running at once when --parallel is not given.")
+    parallel: int = Field(
+        8, ge=1, le=MAX_PARALLEL, description="Most steps running at once when --parallel is not given."
+    )
     server: Literal["auto", "reuse", "ephemeral"] = Field(
         "auto", description="How local runs find a Prefect API (see flows/local_server.py)."
     )
@@ -44,4 +50,12 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings; a bad `OPSFLOW_*` value is one ValidationError naming the variable (exit 3)."""
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        from flows.errors import ValidationError
+
+        error = exc.errors()[0]
+        name = "OPSFLOW_" + "_".join(str(part) for part in error["loc"]).upper()
+        raise ValidationError(f"{name}: {error['msg']}, got {shown(error.get('input'))}") from None

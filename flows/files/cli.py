@@ -14,6 +14,7 @@ from flows.cli_options import Json, Quiet, Verbose
 from flows.console import Console
 from flows.durations import MAX_DURATION_SECONDS
 from flows.errors import EXIT_CONFIG, EXIT_CONNECTION, EXIT_DRY_RUN, EXIT_OK, OpsflowError, ValidationError
+from flows.limits import MAX_PARALLEL, MAX_RETRIES
 
 files_app = typer.Typer(
     help="Batch file processing: run, dead-letter queue, history, reports.", no_args_is_help=True
@@ -58,8 +59,10 @@ def run(
         Path | None, typer.Option("--output", "-o", help="Directory for outputs (mirrors the input tree).")
     ] = None,
     mode: Annotated[str, typer.Option(help="sequential, parallel or queue.")] = "parallel",
-    workers: Annotated[int, typer.Option(help="Files processed at once.", min=1)] = 2,
-    retries: Annotated[int, typer.Option(help="Retries per file before the fallbacks.", min=0)] = 2,
+    workers: Annotated[int, typer.Option(help="Files processed at once.", min=1, max=MAX_PARALLEL)] = 2,
+    retries: Annotated[
+        int, typer.Option(help="Retries per file before the fallbacks.", min=0, max=MAX_RETRIES)
+    ] = 2,
     retry_delay: Annotated[
         float,
         typer.Option(

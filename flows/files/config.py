@@ -21,7 +21,9 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.durations import MAX_DURATION_SECONDS
 from flows.errors import ValidationError
+from flows.limits import MAX_PARALLEL, MAX_RETRIES
 from flows.safe_yaml import load_yaml
 from flows.user_files import read_user_text
 
@@ -34,11 +36,11 @@ class BatchSettings(BaseModel):
     processor: str | None = None
     output: str | None = None
     mode: str | None = Field(None, pattern="^(sequential|parallel|queue)$")
-    workers: int | None = Field(None, ge=1)
-    retries: int | None = Field(None, ge=0)
-    retry_delay: float | None = Field(None, ge=0)
+    workers: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
+    retry_delay: float | None = Field(None, ge=0, le=MAX_DURATION_SECONDS)
     fallback: list[str] | None = None
-    timeout: float | None = Field(None, ge=0)
+    timeout: float | None = Field(None, ge=0, le=MAX_DURATION_SECONDS)
     chunk_size: int | None = Field(None, ge=1)
     notify: str | None = None
     name: str | None = None

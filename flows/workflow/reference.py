@@ -36,7 +36,7 @@ def _type_name(annotation: Any) -> str:
     if origin is typing.Annotated:
         base = args[0]
         metadata = " ".join(str(m) for m in args[1:])
-        if "parse_duration" in metadata:
+        if "parse_duration" in metadata or "parse_timeout" in metadata:
             return "duration"
         if "parse_memory" in metadata:
             return "memory"

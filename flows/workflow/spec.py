@@ -19,10 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from flows.limits import MAX_PARALLEL, MAX_RETRIES
 from flows.secrets import MASKED, is_secret_name, reference
-from flows.workflow.units import parse_cpu, parse_duration, parse_memory
+from flows.workflow.units import parse_cpu, parse_duration, parse_memory, parse_timeout
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Timeout = Annotated[float, BeforeValidator(parse_timeout)]
 Memory = Annotated[int, BeforeValidator(parse_memory)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
 
@@ -162,15 +164,19 @@ class Prerequisite(Model):
         examples=["kubectl auth can-i create deployments"],
         description="Shell command (templated, values quoted).",
     )
-    timeout: Duration | None = Field(
-        None, examples=["30s"], description="Seconds or `30s`/`5m`; the command is killed after it."
+    timeout: Timeout | None = Field(
+        None,
+        examples=["30s"],
+        description="Seconds or `30s`/`5m`, more than 0; the command is killed after it.",
     )
 
 
 class Retry(Model):
     """How often and how patiently a failing step is tried again."""
 
-    attempts: int = Field(1, ge=1, le=100, examples=[3], description="Total tries, the first included.")
+    attempts: int = Field(
+        1, ge=1, le=MAX_RETRIES, examples=[3], description="Total tries, the first included (at most 100)."
+    )
     delay: Duration = Field(
         0.0, examples=["60s"], description="Wait before the first retry (seconds or `30s`)."
     )
@@ -243,6 +249,7 @@ class Step(Model):
     parallel_limit: int | None = Field(
         None,
         ge=1,
+        le=MAX_PARALLEL,
         examples=[2],
         description="Most children of the group running at once; implies `parallel`.",
     )
@@ -264,10 +271,10 @@ class Step(Model):
         examples=["{{ .outputs.status | fromJSON }}"],
         description="Same as `when`, for multi-line template blocks.",
     )
-    timeout: Duration | None = Field(
+    timeout: Timeout | None = Field(
         None,
         examples=["5m"],
-        description="Seconds or `5m`; the command's process group is killed after it. On a group: each child's default.",
+        description="Seconds or `5m`, more than 0; the command's process group is killed after it. On a group: each child's default.",
     )
     retry: Retry | None = Field(
         None, examples=[{"attempts": 3, "delay": "10s"}], description="Retry policy for this step."
@@ -450,7 +457,7 @@ class ErrorHandling(Model):
     max_retries: int = Field(
         0,
         ge=0,
-        le=100,
+        le=MAX_RETRIES,
         examples=[3],
         description="Retries for steps without their own `retry` (strategy retry).",
     )
@@ -497,7 +504,7 @@ class CircuitBreaker(Model):
     """A breaker shared by the steps that name it, across runs."""
 
     failure_threshold: int = Field(
-        5, ge=1, examples=[5], description="Consecutive failures that open the breaker."
+        5, ge=1, le=1_000_000, examples=[5], description="Consecutive failures that open the breaker."
     )
     recovery_timeout: Duration = Field(
         60.0, examples=["60s"], description="How long it stays open before one trial run."
@@ -511,7 +518,7 @@ class ResourceLimits(Model):
     """Limits on the whole run (with `shared`: on every run that names the same pool)."""
 
     max_parallel: int | None = Field(
-        None, ge=1, examples=[5], description="Most steps running at once in the whole run."
+        None, ge=1, le=MAX_PARALLEL, examples=[5], description="Most steps running at once in the whole run."
     )
     memory_limit: Memory | None = Field(
         None, examples=["2Gi"], description="Total memory running steps may reserve."

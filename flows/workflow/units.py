@@ -6,6 +6,7 @@ import math
 import re
 
 from flows.durations import check_duration
+from flows.limits import MAX_CPU, MAX_MEMORY_BYTES, MAX_MEMORY_TEXT
 
 # Words a condition or a bool parameter may be written as (case-insensitive).
 TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
@@ -28,6 +29,9 @@ _MEMORY_UNITS = {
     "Mi": 2**20,
     "Gi": 2**30,
     "Ti": 2**40,
+    "P": 10**15,
+    "PB": 10**15,
+    "Pi": 2**50,
 }
 
 
@@ -55,17 +59,31 @@ def parse_duration(value: object) -> float:
     return check_duration(seconds, value)
 
 
+def parse_timeout(value: object) -> float:
+    """A duration (parse_duration) that is more than zero: a timeout of 0 would end at once."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"a timeout must be more than 0 seconds, got {value!r}")
+    return seconds
+
+
 def parse_memory(value: object) -> int:
     """Bytes from `"512Mi"`, `"2Gi"`, `"1G"`, `"100MB"` or a plain number of bytes."""
     if isinstance(value, bool):
         raise ValueError(f"expected a memory size such as '512Mi' or '2Gi', got {value!r}")
     if isinstance(value, int | float):
-        return int(value)
-    match = _MEMORY.match(str(value).strip())
-    if not match:
-        raise ValueError(f"expected a memory size such as '512Mi' or '2Gi', got {value!r}")
-    number, unit = match.groups()
-    return int(float(number) * _MEMORY_UNITS[unit or "B"])
+        size = float(value)
+    else:
+        match = _MEMORY.match(str(value).strip())
+        if not match:
+            raise ValueError(f"expected a memory size such as '512Mi' or '2Gi', got {value!r}")
+        number, unit = match.groups()
+        size = float(number) * _MEMORY_UNITS[unit or "B"]
+    if not math.isfinite(size) or size < 1:
+        raise ValueError(f"a memory size must be at least 1 byte, got {value!r}")
+    if size > MAX_MEMORY_BYTES:
+        raise ValueError(f"a memory size may be at most {MAX_MEMORY_TEXT}, got {value!r}")
+    return int(size)
 
 
 def parse_cpu(value: object) -> float:
@@ -79,6 +97,8 @@ def parse_cpu(value: object) -> float:
         raise ValueError(f"expected a CPU amount such as '0.5', '2' or '500m', got {value!r}") from None
     if cores <= 0 or not math.isfinite(cores):
         raise ValueError(f"a CPU amount must be positive, got {value!r}")
+    if cores > MAX_CPU:
+        raise ValueError(f"a CPU amount may be at most {MAX_CPU:,} cores, got {value!r}")
     return cores
 
 

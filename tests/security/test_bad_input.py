@@ -444,6 +444,78 @@ def test_a_variable_may_derive_from_a_parameter_of_its_own_name(tmp_path, capsys
     capsys.readouterr()
 
 
+STEP = "name: n\nsteps:\n  - name: s\n    command: echo hi\n"
+TOP = "name: n\n{}\nsteps:\n  - name: s\n    command: echo hi\n"
+NUMERIC_FIELDS = [
+    (STEP + "    timeout: 0\n", 5, "steps.0.timeout: a timeout must be more than 0 seconds"),
+    (STEP + "    timeout: 0s\n", 5, "steps.0.timeout: a timeout must be more than 0 seconds"),
+    (
+        STEP + "    resources: {memory: 0}\n",
+        5,
+        "steps.0.resources.memory: a memory size must be at least 1 byte",
+    ),
+    (
+        STEP + "    resources: {memory: -5}\n",
+        5,
+        "steps.0.resources.memory: a memory size must be at least 1 byte",
+    ),
+    (
+        STEP + "    resources: {memory: 99999999Ti}\n",
+        5,
+        "steps.0.resources.memory: a memory size may be at most 1Pi",
+    ),
+    (
+        STEP + "    resources: {cpu: 1e30}\n",
+        5,
+        "steps.0.resources.cpu: a CPU amount may be at most 10,000 cores",
+    ),
+    (
+        "name: n\nsteps:\n  - name: g\n    parallel_limit: 100000000\n    steps: [{command: echo}]\n",
+        4,
+        "steps.0.parallel_limit: Input should be less than or equal to 1000",
+    ),
+    (
+        TOP.format("resource_limits: {max_parallel: 100000000}"),
+        2,
+        "resource_limits.max_parallel: Input should be less",
+    ),
+    (
+        TOP.format("resource_limits: {memory_limit: 0}"),
+        2,
+        "resource_limits.memory_limit: a memory size must be",
+    ),
+    (
+        TOP.format("prerequisites: [{name: p, command: 'true', timeout: 0}]"),
+        2,
+        "prerequisites.0.timeout: a timeout must be more than 0 seconds",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "words"), NUMERIC_FIELDS)
+def test_numbers_out_of_bounds_fail_validate_naming_the_field(tmp_path, capsys, text, line, words):
+    path = write(tmp_path, text)
+    assert cli("validate", str(path)) == 3
+    assert f"{path}:{line}: {words}" in one_error_line(capsys)
+
+
+def test_run_options_out_of_bounds_are_exit_3(tmp_path, capsys, monkeypatch):
+    from flows.settings import get_settings
+
+    path = write(tmp_path, "name: o\nsteps:\n  - name: s\n    command: echo hi\n")
+    assert cli("run", str(path), "--timeout", "0", "--dry-run") == 3
+    assert "--timeout: a timeout must be more than 0 seconds" in one_error_line(capsys)
+    assert cli("run", str(path), "--parallel", "100000000", "--dry-run") == 3
+    capsys.readouterr()
+    monkeypatch.setenv("OPSFLOW_PARALLEL", "0")
+    get_settings.cache_clear()
+    try:
+        assert cli("run", str(path), "--dry-run") == 3
+        assert "OPSFLOW_PARALLEL: Input should be greater than or equal to 1" in one_error_line(capsys)
+    finally:
+        get_settings.cache_clear()
+
+
 # --- the records database dies in the middle of `files run` -------------------------------------
 
 
