@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from flows.console import escape_controls
 from flows.errors import OpsflowError
 from flows.secrets import MASKED, is_secret_name, reference, reveal, scrub_text
 
@@ -161,10 +162,12 @@ class MaskingFilter(logging.Filter):
         except Exception:  # noqa: BLE001 - a bad format string is the handler's to report
             return True
         if not _active:  # between runs: passwords inside URLs only
-            if "://" in message:
-                record.msg, record.args = scrub_text(message), None
+            record.msg, record.args = (
+                escape_controls(scrub_text(message) if "://" in message else message),
+                None,
+            )
             return True
-        record.msg, record.args = mask(message), None
+        record.msg, record.args = escape_controls(mask(message)), None
         if record.exc_info and not record.exc_text:
             record.exc_text = mask(logging.Formatter().formatException(record.exc_info))
         record._opsflow_masked = True

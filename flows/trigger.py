@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli_options import Json, Quiet, Verbose, duration_option
-from flows.console import LOG_DATEFMT, Console
+from flows.console import LOG_DATEFMT, Console, escape_controls
 from flows.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -249,7 +249,7 @@ async def _follow(client, console: Console, run, url, limit, cancel_on_timeout, 
         for when, level, text in sorted(lines, key=lambda line: line[0]):
             if level >= console.threshold:
                 stamp, name = when.astimezone().strftime(LOG_DATEFMT), logging.getLevelName(level)
-                print(f"[{stamp}] [{name}] [{run.name}] {text}", file=sys.stderr, flush=True)
+                print(escape_controls(f"[{stamp}] [{name}] [{run.name}] {text}"), file=sys.stderr, flush=True)
         if final is not None:
             break
         waited = time.monotonic() - started

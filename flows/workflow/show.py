@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 
+from flows.console import escape_controls
 from flows.workflow.plan import HookPlan, Plan
 from flows.workflow.report import RunSummary
 from flows.workflow.units import format_duration
@@ -20,7 +21,8 @@ def plan_text(plan: Plan, *, dry_run: bool = False) -> str:
         lines.append(f"resources: {plan.resources}")
     if plan.parameters:
         shown = ", ".join(
-            f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in plan.parameters.items()
+            f"{k}={json.dumps(v) if not isinstance(v, str) else escape_controls(v)}"
+            for k, v in plan.parameters.items()
         )
         lines.append(f"parameters: {shown}")
     if plan.prerequisites:

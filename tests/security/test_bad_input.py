@@ -639,3 +639,47 @@ def test_a_failing_file_says_what_really_comes_next(tmp_path, prefect_api, optio
     assert lines and lines[0].endswith(says), done.stderr[-3000:]
     if options == ["--retries", "0"]:
         assert "will retry" not in done.stderr
+
+
+# --- control characters cannot rewrite the terminal ---------------------------------------------
+
+CONTROLS = "\x1b[2J\rFORGED\u202e\x85\x07\n[2026-01-01 00:00:00] [INFO] [opsflow] all good"
+RAW_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_an_error_about_a_file_with_control_characters_in_its_name_is_one_escaped_line(tmp_path, capsys):
+    path = tmp_path / "evil\x1b[2J\rname.yaml"
+    path.write_text("name: e\nsteps:\n  - name: s\n    command: echo {{ .nope }}\n")
+    assert cli("validate", str(path)) == 3
+    line = one_error_line(capsys)
+    assert "evil\\x1b[2J\\rname.yaml:4: `.nope` is not declared" in line
+    assert not RAW_CONTROLS.search(line)
+
+
+def test_plan_shows_control_characters_of_values_escaped(tmp_path, capsys):
+    path = write(
+        tmp_path, 'name: p\nparameters:\n  - name: msg\nsteps:\n  - name: s\n    command: echo "{{ .msg }}"\n'
+    )
+    assert cli("plan", str(path), "--set", f"msg={CONTROLS}") == 0
+    out = capsys.readouterr().out
+    assert not RAW_CONTROLS.search(out)
+    assert "parameters: msg=\\x1b[2J\\rFORGED\\u202e\\x85\\x07\\n[2026-01-01 00:00:00] [INFO]" in out
+    assert not any(line.startswith("[2026-01-01") for line in out.splitlines())
+
+
+@pytest.mark.timeout(300)
+def test_a_steps_output_cannot_rewrite_the_terminal(tmp_path, prefect_api):
+    path = write(
+        tmp_path,
+        "name: noisy\nsteps:\n  - name: s\n"
+        "    command: printf 'before\\033[2J\\rFORGED\\342\\200\\256tail\\n'; exit 3\n",
+    )
+    env = dict(os.environ, OPSFLOW_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("OPSFLOW_DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.batch", "run", str(path)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "before\\x1b[2J\\rFORGED\\u202etail" in done.stderr, done.stderr[-3000:]
+    assert not RAW_CONTROLS.search(done.stderr + done.stdout)
