@@ -12,6 +12,7 @@ after its options (`command eval`, `timeout -- 5 CMD`, `env -i A=1 CMD`, `find -
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 Words = list[str | None]
@@ -640,3 +641,48 @@ def names_variable(words: Words, texts: list[str], at: int) -> bool:
 def is_arithmetic(words: Words, at: int) -> bool:
     """`let` evaluates its arguments as arithmetic."""
     return program(words[0]) == "let" and at > 0
+
+
+def program_words(words: Words, texts: list[str]) -> set[int]:
+    """The words that choose what runs: where a command starts (its name, the command a wrapper
+    runs: `sudo CMD`, `env A=1 CMD`, `xargs CMD`, `find -exec CMD`), and the script file a shell,
+    an interpreter or `source` runs (`bash FILE`, `python FILE`, `python -m MODULE`, `. FILE`).
+    `command -v NAME` and `command -V NAME` only look the name up."""
+    found = set(script_files(words, texts))
+    for start in command_starts(words, texts):
+        lookup = program(words[start]) == "command" and any(
+            set(w[1:]) <= {"p", "v", "V"} and set(w[1:]) & {"v", "V"} for w in _options(words, start)
+        )
+        found.add(start)
+        if lookup:
+            return {j for j in found if j <= start}
+    return found
+
+
+# Commands that run their arguments as code, run the command their arguments name, or read
+# their arguments as variable names (which bash evaluates: `a[$(cmd)]`): a value choosing among
+# programs must not choose one of these, or the words after it would decide what runs.
+_RUNNERS = frozenset(
+    {
+        "eval", "source", ".", "exec", "command", "builtin", "trap", "alias", "bind", "compgen",
+        "complete", "enable", "fc", "hash", "let", "declare", "typeset", "local", "export",
+        "readonly", "printf", "test", "[", "[[", "wait", "getopts", "coproc", "find", "watch",
+        "sg", "parallel", "ssh", "su", "pkexec", "busybox",
+    }
+)  # fmt: skip
+RUNS_ITS_ARGUMENTS = (
+    _RUNNERS | SHELLS | set(_INTERPRETERS) | set(_WRAPPERS) | set(_COMMAND_OPTION) | set(_NAME_BUILTINS)
+)
+_PLAIN_PROGRAM = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_.+/:@-]*")
+
+
+def program_choice_problem(value: object) -> str:
+    """Why `value` may not be one of the programs a parameter chooses among, or ""."""
+    if not isinstance(value, str) or not _PLAIN_PROGRAM.fullmatch(value):
+        return "is not a plain program name or path"
+    name = os.path.basename(value)
+    if value in RUNS_ITS_ARGUMENTS or name in RUNS_ITS_ARGUMENTS or program(value) in RUNS_ITS_ARGUMENTS:
+        return "runs its arguments as code or runs the command they name"
+    if not name or name in (".", ".."):
+        return "is not a plain program name or path"
+    return ""

@@ -27,6 +27,7 @@ from flows.shellcommands import (
     command_starts,
     is_arithmetic,
     names_variable,
+    program_words,
     script_files,
     stdin_script_hint,
 )
@@ -467,7 +468,7 @@ class _Reader:
             raise _Problem(f"a value inside `{shown}` cannot be placed safely — make it a word of its own")
         kind = None
         delimiter, strip_tabs, starts_end = "", False, False
-        arith = name = False
+        arith = name = program = False
         in_scope = True  # no $( ) or <( ) yet between the value and this node
         word: dict[str, Any] = {}  # facts of the innermost command the value is a word of
         for index, node in enumerate(chain):
@@ -559,6 +560,7 @@ class _Reader:
                 )
                 arith = arith or facts.get("arith", False)
                 name = name or facts.get("name", False)
+                program = program or facts.get("program", False)
                 if in_scope and not word:
                     word = facts
             elif t == "command":
@@ -566,6 +568,7 @@ class _Reader:
                 facts = self._command(node, child, start)
                 arith = arith or facts.get("arith", False)
                 name = name or facts.get("name", False)
+                program = program or facts.get("program", False)
                 if in_scope and not word:
                     word = facts
         if arith:
@@ -589,6 +592,7 @@ class _Reader:
             starts_word=bool(word.get("starts_word")) and quoted_word,
             command_word=bool(word.get("command_word")) and kind == UNQUOTED,
             one_word=bool(word.get("one_word")) and kind == UNQUOTED,
+            program=program,
         )
 
     def _escaped(self, start: int) -> bool:
@@ -676,10 +680,18 @@ class _Reader:
             return {}  # a redirect, or an assignment before the command
         at = words.index(child)
         literals = [_literal(w) for w in words]
-        one_word = check_argument(literals, [_text(w) for w in words], at)
+        texts = [_text(w) for w in words]
+        one_word = check_argument(literals, texts, at)
+        # A value is one word and not an option (those are refused): read as such, every value
+        # shows where its command starts. A list value is more words: where a value may be the
+        # command (`timeout {{ .x }} CMD`), it must be one word.
+        program = at in program_words(
+            [_neutral(w, literal) for w, literal in zip(words, literals, strict=True)], texts
+        )
         named = words[0].type == "command_name"
         facts: dict[str, Any] = {
-            "one_word": one_word,
+            "one_word": one_word or at in command_starts(literals, texts),
+            "program": program,
             "arith": is_arithmetic(literals, at),
             "name": names_variable(literals, [_text(w) for w in words], at),
             "command_word": at == 0 and named,
@@ -692,6 +704,16 @@ class _Reader:
             prefix = self.source[child.start_byte : start].decode(errors="replace")
             facts["starts_word"] = all(c in "\"'" for c in prefix)
         return facts
+
+
+def _neutral(word: Any, literal: str | None) -> str | None:
+    """A word as bash reads it once its values are filled in: each value stands for `x`."""
+    if literal is not None or _RESERVED not in _text(word):
+        return literal
+    text = _OTHER_VALUE.sub("x", _text(word))
+    if "$" in text or "`" in text or "\\" in text:
+        return None
+    return text.replace('"', "").replace("'", "")
 
 
 def _redirected_command(redirect: Any) -> Any:

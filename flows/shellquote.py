@@ -57,6 +57,8 @@ class Slot:
     starts_word: bool = False  # the value's first character starts that argument
     command_word: bool = False  # the value is the command's name: always quoted
     one_word: bool = False  # more words would change what runs (ssh's host): no lists
+    program: bool = False  # the value chooses what runs: a command's name, the command a wrapper
+    # runs (`sudo CMD`), the script a shell, interpreter or `source` runs (`bash FILE`)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,14 @@ class CommandProcessor:
         shape = self.shape
         if shape.problem:
             raise ValidationError(f"processor template: {shape.problem.replace('VALUE', '{input}')}")
+        chooser = next((slot for slot in shape.slots if slot.program), None)
+        if chooser is not None:
+            raise ValidationError(
+                f"processor template: line {chooser.line} of the command: a placeholder chooses what runs "
+                "(a command's name, the command a wrapper such as `sudo` or `xargs` runs, or the script a "
+                "shell, an interpreter or `source` runs), so a file name could run anything — write the "
+                "program literally and pass the file as its argument"
+            )
         arithmetic = next((slot for slot in shape.slots if slot.kind == ARITH), None)
         if arithmetic is not None:
             raise ValidationError(

@@ -14,6 +14,7 @@ from typing import Any
 
 from flows.errors import ValidationError
 from flows.secrets import reference, reveal
+from flows.shellcommands import program_choice_problem
 from flows.shellquote import ARITH, UNQUOTED
 from flows.workflow.conditions import check_health_marks, check_rollback
 from flows.workflow.graph import Graph, build_graph
@@ -22,7 +23,7 @@ from flows.workflow.metrics import check_metrics
 from flows.workflow.params import BUILTIN_NAMES, check, check_undeclared, coerce
 from flows.workflow.recovery import check_recovery
 from flows.workflow.spec import Step
-from flows.workflow.template import Template, compile_template
+from flows.workflow.template import ShellValue, Template, compile_template, program_message
 from flows.workflow.units import format_cpu, format_memory
 
 
@@ -216,6 +217,8 @@ def _check_quoting(loaded: LoadedWorkflow, graph: Graph, loc: Location, template
         )
     kinds = {p.name: p.kind for p in loaded.spec.parameters}
     for value in template.shell_values():  # raises where no quoting is safe
+        if value.slot.program:
+            _check_program(loaded, value, where)
         if value.slot.kind != ARITH:
             continue
         loose = sorted(n for n in value.names if kinds.get(n) not in NUMBER_KINDS)
@@ -225,6 +228,30 @@ def _check_quoting(loaded: LoadedWorkflow, graph: Graph, loc: Location, template
                 "(`$(( ))`, `(( ))`, `let`, `[[ -gt ]]`, an array subscript, `${x:offset}`), where bash "
                 f"evaluates text such as `a[$(cmd)]` even inside quotes — declare `{loose[0]}` as a "
                 "parameter with `type: int` (or `float`), so its value is checked to be a number",
+                where=where,
+            )
+
+
+def _check_program(loaded: LoadedWorkflow, value: ShellValue, where: str | None) -> None:
+    """A template that chooses what runs must be a parameter whose `validation.enum` lists
+    the programs it may name, each one that takes its arguments as data, or a `type: bool`
+    parameter (it renders `true` or `false`)."""
+    line = f"line {value.slot.line} of the command: "
+    params = {p.name: p for p in loaded.spec.parameters}
+    name = next(iter(value.names)) if len(value.names) == 1 else ""
+    param = params.get(name)
+    rules = param.validation if param is not None else None
+    plain = not value.raw and value.shown in (f".{name}", name) and param is not None
+    if plain and param is not None and param.kind == "bool":
+        return  # a bool renders `true` or `false`: `if {{ .dry_run }}; then`
+    if not plain or param is None or param.kind == "list" or rules is None or rules.enum is None:
+        raise ValidationError(line + program_message(value.shown), where=where)
+    for choice in rules.enum:
+        problem = program_choice_problem(choice)
+        if problem:
+            raise ValidationError(
+                f"{line}`{{{{ {value.shown} }}}}` chooses what runs, and `{name}`'s `validation.enum` "
+                f"allows {choice!r}, which {problem} — list only programs that take their arguments as data",
                 where=where,
             )
 

@@ -19,7 +19,7 @@ from flows.errors import ValidationError
 from flows.secrets import MASKED, is_secret_name, reference, resolve_reference, reveal, scrub_text
 from flows.workflow.load import LoadedWorkflow
 from flows.workflow.spec import Parameter
-from flows.workflow.template import OptionValue, compile_template, is_template
+from flows.workflow.template import ChoiceValue, OptionValue, compile_template, is_template
 from flows.workflow.units import FALSE_WORDS, TRUE_WORDS
 
 BUILTIN_NAMES = ("environment", "workflow_id", "workflow", "outputs", "logical_date")
@@ -297,7 +297,7 @@ def bind(
         params["environment"] = environment
     params.setdefault("environment", default_environment)
     context: dict[str, Any] = {
-        **_check_options(loaded, params),
+        **_mark_choices(loaded, _check_options(loaded, params)),
         "workflow_id": workflow_id,
         "workflow": spec.name,
         "outputs": {},
@@ -356,6 +356,24 @@ def _check_options(loaded: LoadedWorkflow, params: Mapping[str, Any]) -> dict[st
                     f"`{name}` may start with `-`, give it a `validation.pattern` that allows it; else "
                     "write `--` before it in the command"
                 )
+    return values
+
+
+def _mark_choices(loaded: LoadedWorkflow, values: dict[str, Any]) -> dict[str, Any]:
+    """Mark the values of parameters whose `validation.enum` lists them (check() made sure):
+    the author wrote them, so they may name the program a command runs."""
+    for param in loaded.spec.parameters:
+        rules = param.validation
+        value = values.get(param.name)
+        if (
+            rules is None
+            or rules.enum is None
+            or not isinstance(value, str)
+            or isinstance(value, OptionValue)
+        ):
+            continue
+        if value in rules.enum:
+            values[param.name] = ChoiceValue(value)
     return values
 
 

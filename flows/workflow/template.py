@@ -28,6 +28,7 @@ from jinja2.sandbox import SecurityError
 from jinja2.utils import missing
 
 from flows.errors import ValidationError
+from flows.shellcommands import program_choice_problem
 from flows.shellquote import Hole, Slot, UnsafeValue, analyse, check_value, quote_text
 from flows.workflow.gotemplate import JINJA_BLOCK, JINJA_COMMENT, translate, translate_shell
 from flows.workflow.sandbox import (
@@ -71,6 +72,8 @@ def _quoted_words(value: Any, slot: Slot, shown: str) -> str:
             f"line {slot.line} of the command: `{{{{ {shown} }}}}` must be one word there, and it is "
             f"{len(items)} (a list): more words would change what the command runs"
         )
+    if slot.program and not raw and not isinstance(value, bool):  # a bool runs `true` or `false`
+        _check_program(items, slot, shown)
     words = []
     for index, (item, plain) in enumerate(items):
         try:
@@ -86,6 +89,24 @@ def _quoted_words(value: Any, slot: Slot, shown: str) -> str:
             raise ValidationError(f"line {slot.line} of the command: {err}") from None
         words.append(item if raw or plain else quote_text(slot, item))
     return " ".join(words)
+
+
+def _check_program(items: list[tuple[str, bool]], slot: Slot, shown: str) -> None:
+    """A value that chooses what runs must be one of the programs its parameter's
+    `validation.enum` lists (checked at `validate` to take their arguments as data)."""
+    item = items[0][0] if len(items) == 1 else None
+    if not isinstance(item, ChoiceValue) or program_choice_problem(item):
+        raise ValidationError(f"line {slot.line} of the command: {program_message(shown)}")
+
+
+def program_message(shown: str) -> str:
+    return (
+        f"`{{{{ {shown} }}}}` chooses what runs (a command's name, the command a wrapper such as `sudo`, "
+        "`env` or `xargs` runs, or the script a shell, an interpreter or `source` runs), so a value "
+        "could run anything — write the program literally and pick it with `case` on the value, or "
+        "declare the parameter with `validation: {enum: [...]}` listing the programs it may name "
+        "(or `type: bool`, which runs `true` or `false`)"
+    )
 
 
 _PLACEHOLDER = "__opsflow_value_{}__"
@@ -142,6 +163,11 @@ _SHELL_CONTEXT_FILTERS = {"_shq": _shell_value}
 
 class Raw(str):
     """Text marked `| raw`: inserted into commands as-is, the explicit opt-out of quoting."""
+
+
+class ChoiceValue(str):
+    """A parameter's value from the list its `validation.enum` gives: the workflow's author
+    wrote it, so it may name the program that runs (once checked to take its arguments as data)."""
 
 
 class OptionValue(str):

@@ -45,6 +45,7 @@ HOSTILE = {
     "glob": "* ? [a] ~ $HOME \\ \\n ${x} !! %s",
 }
 OPTION = "starts with `-`"
+CHOOSES = "chooses what runs"
 EOF_LINE = "which ends its here-document early"
 
 
@@ -158,7 +159,10 @@ RUNS = [
     Runs(
         "[ -gt ] is not arithmetic", "[ {{ .x }} -gt 3 ] 2>/dev/null && echo big || echo no", lambda v: "no\n"
     ),
-    Runs("command name", "{{ .x }} 2>/dev/null || echo none", lambda v: "none\n"),
+    Runs("command -v looks a name up", "command -v {{ .x }} || echo none", lambda v: "none\n", OPTION_ONLY),
+    Runs(
+        "timeout's duration", "timeout {{ .x }} true 2>/dev/null || echo bad", lambda v: "bad\n", OPTION_ONLY
+    ),
     Runs("safe form of sh -c", 'sh -c \'printf "%s\\n" "$1"\' _ {{ .x }}', same, OPTION_ONLY),
     Runs("safe form of ssh: stdin", "printf -- '%s\\n' {{ .x }} | cat", same),
     Runs(
@@ -325,6 +329,27 @@ REFUSED = [
     Refused("timeout awk program", "timeout -- 5 gawk -F: '{ print \"{{ .x }}\" }' /dev/null", "`gawk`"),
     Refused("sed script", "sed 's/a/{{ .x }}/' /dev/null", "`sed --sandbox`"),
     Refused("sed -e script", "echo a | sed -n -e 's/a/{{ .x }}/ep'", "`sed --sandbox`"),
+    # a value choosing what runs: the command's name, what a wrapper runs, a script file
+    Refused("command name", "{{ .x }} a", CHOOSES),
+    Refused("command name in quotes", '"{{ .x }}" a', CHOOSES),
+    Refused("part of the command name", "/opt/{{ .x }}/bin/run", CHOOSES),
+    Refused("command name after a pipe", "echo a | {{ .x }}", CHOOSES),
+    Refused("command name from $( )", "$(echo {{ .x }}) a", CHOOSES),
+    Refused("sudo", "sudo -u app {{ .x }} a", CHOOSES),
+    Refused("env", "env A=1 {{ .x }} a", CHOOSES),
+    Refused("env with a value before the command", "env {{ .x }} a", CHOOSES),
+    Refused("xargs", "echo a | xargs {{ .x }}", CHOOSES),
+    Refused("timeout", "timeout 5 {{ .x }} a", CHOOSES),
+    Refused("exec", "exec {{ .x }} a", CHOOSES),
+    Refused("find -exec", "find . -exec {{ .x }} {} \\;", CHOOSES),
+    Refused("source", "source {{ .x }}", CHOOSES),
+    Refused(". file", ". {{ .x }}", CHOOSES),
+    Refused("bash file", "bash {{ .x }}", CHOOSES),
+    Refused("sh file", "sh -e {{ .x }} a", CHOOSES),
+    Refused("python file", "python3 -u {{ .x }}", CHOOSES),
+    Refused("python -m module", "python3 -m {{ .x }}", CHOOSES),
+    Refused("awk -f file", "awk -f {{ .x }} /dev/null", CHOOSES),
+    Refused("sudo bash file", "sudo bash {{ .x }}", CHOOSES),
     # quoting that cannot hold a value
     Refused("backticks", "echo `echo {{ .x }}`", "backticks"),
     Refused("$'...'", "echo $'{{ .x }}'", "$'...'"),
@@ -646,3 +671,110 @@ def test_a_nul_byte_is_refused_wherever_a_value_comes_from(tmp_path: Path) -> No
         rendered(workflow(tmp_path / "wf.yaml", "printf '%s\\n' {{ .x }}"), {"x": "a\x00b"})
     with pytest.raises(ValidationError, match="holds a NUL byte"):
         compile_template("printf '%s\\n' {{ .outputs.o }}").render({"outputs": {"o": "a\x00b"}}, shell=True)
+
+
+# --- a value choosing what runs -------------------------------------------------------------
+
+CHOICE = [{"name": "cmd", "default": "echo", "validation": {"enum": ["echo", "/bin/echo"]}}, {"name": "x"}]
+
+
+def test_a_command_from_an_enum_list_runs_with_its_arguments_as_data(tmp_path: Path) -> None:
+    """With `validation.enum`, the author wrote every program a value may name: the one chosen
+    runs, its arguments stay data, and a value off the list is refused at bind."""
+    marker = tmp_path / "M"
+    hostile = f"$(touch {marker}); touch {marker}"
+    for command in ["{{ .cmd }} {{ .x }}", "true && timeout 5 {{ .cmd }} {{ .x }}"]:
+        path = workflow(tmp_path / "wf.yaml", command, CHOICE)
+        for chosen in ["echo", "/bin/echo"]:
+            result = bash(rendered(path, {"cmd": chosen, "x": hostile}), tmp_path)
+            assert result.stdout.decode() == hostile + "\n"
+        for other in ["eval", "/tmp/evil.sh", "sh", "sudo"]:
+            with pytest.raises(ValidationError, match="is not one of"):
+                rendered(path, {"cmd": other, "x": f"touch {marker}"})
+    assert not marker.exists()
+
+
+def test_a_bool_parameter_may_run_true_or_false(tmp_path: Path) -> None:
+    path = workflow(
+        tmp_path / "wf.yaml",
+        "if {{ .flag }}; then echo yes; else echo no; fi",
+        [{"name": "flag", "type": "bool", "default": False}],
+    )
+    assert bash(rendered(path, {}), tmp_path).stdout == b"no\n"
+    assert bash(rendered(path, {"flag": "true"}), tmp_path).stdout == b"yes\n"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "message"),
+    [
+        (["echo", "eval"], "'eval', which runs its arguments as code"),
+        (["echo", "sudo"], "'sudo', which runs its arguments"),
+        (["echo", "/usr/bin/env"], "'/usr/bin/env', which runs"),
+        (["echo", "xargs"], "'xargs', which"),
+        (["echo", "bash"], "'bash', which"),
+        (["echo", "python3.12"], "'python3.12', which"),
+        (["echo", "source"], "'source', which"),
+        (["echo", "."], "'.', which"),
+        (["echo", "command"], "'command', which"),
+        (["echo", "builtin"], "'builtin', which"),
+        (["echo", "exec"], "'exec', which"),
+        (["echo", "ssh"], "'ssh', which"),
+        (["echo", "a b"], "not a plain program name"),
+        (["echo", "-x"], "not a plain program name"),
+        (["echo", 1], "not a plain program name"),
+    ],
+)
+def test_an_enum_list_naming_a_program_that_runs_its_arguments_is_refused(
+    allowed: list[Any], message: str, tmp_path: Path
+) -> None:
+    path = workflow(
+        tmp_path / "wf.yaml",
+        "{{ .cmd }} {{ .x }}",
+        [{"name": "cmd", "default": "echo", "validation": {"enum": allowed}}, {"name": "x"}],
+    )
+    with pytest.raises(ValidationError, match="chooses what runs") as caught:
+        analyse(load_workflow(path))
+    assert message in caught.value.message
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "command:" in text)
+    assert caught.value.where == f"{path}:{line}"
+
+
+@pytest.mark.parametrize(
+    ("command", "parameters"),
+    [
+        ("{{ .cmd | raw }} a", CHOICE),  # `| raw` hides the value from the re-read
+        ("{{ .cmd | lower }} a", CHOICE),  # a filter may make another name
+        ("{{ .tool }} a", [{"name": "tool", "default": "echo", "validation": {"pattern": "^[a-z]+$"}}]),
+        ("{{ .outputs.o }} a", [{"name": "x"}]),
+        ("{{ .cmds }} a", [{"name": "cmds", "type": "list", "validation": {"enum": ["echo"]}}]),
+    ],
+)
+def test_only_a_plain_enum_parameter_may_choose_what_runs(
+    command: str, parameters: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    path = workflow(tmp_path / "wf.yaml", command, parameters)
+    with pytest.raises(ValidationError, match="chooses what runs.*validation: \\{enum"):
+        analyse(load_workflow(path))
+
+
+def test_a_value_choosing_what_runs_is_refused_when_rendered(tmp_path: Path) -> None:
+    """Where only the rendered command shows a value choosing what runs (`| raw` text before it),
+    the value must be one of an enum list's programs: a value from elsewhere is refused."""
+    marker = tmp_path / "M"
+    for context in [
+        {"p": "sudo", "x": "eval", "y": f"touch {marker}"},
+        {"p": "", "x": "eval", "y": f"touch {marker}"},
+    ]:
+        with pytest.raises(ValidationError, match="chooses what runs"):
+            compile_template("{{ .p | raw }} {{ .x }} {{ .y }}").render(context, shell=True)
+    with pytest.raises(ValidationError, match="chooses what runs"):
+        compile_template("{{ if .a }}sudo {{ end }}{{ .x }}").render({"a": True, "x": "eval"}, shell=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "template", ["{input} -v", "xargs {name} < {input}", "bash {input}", "source {input}", "sudo {input}"]
+)
+def test_processor_placeholders_cannot_choose_what_runs(template: str) -> None:
+    with pytest.raises(ValidationError, match="processor template: .*chooses what runs"):
+        parse_processor(template)
