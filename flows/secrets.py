@@ -16,6 +16,7 @@ Pure but for `resolve_reference` (`block:` loads a Prefect block) and `scrub_flo
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -27,10 +28,13 @@ from flows.errors import ValidationError
 
 MASKED = "**********"  # what records, logs and artifacts show instead of a secret (as SecretStr does)
 
-# The scheme is bounded (no scheme is 32 characters long): an open `[a-z][a-z0-9+.-]*` rescans a
-# long word from each of its letters, and one 20 kB line of a step's output took seconds.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]{0,31}://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<at>@)", re.I)
-_SCRUBBED = re.compile(r"[a-z][a-z0-9+.-]{0,31}://[^:/@\s]*:\*\*\*@", re.I)
+# Passwords inside URLs (`scheme://user:PASSWORD@`) are found by a scan that reads each character
+# a bounded number of times: a regular expression (`[^@\s]+@` after every `://`) rescans the rest of
+# the line from each `://`, and a 100 kB line of `a://:` took minutes.
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_SCHEME_LONGEST = 32  # no scheme is longer; an unbounded one would rescan long words
+_USER_END = re.compile(r"[:/@\s]")  # a user name ends at its `:` (or is no user name)
+_PASSWORD_END = re.compile(r"[@\s]")  # a password ends at `@` (or was none: whitespace first)
 
 # Whole words of a name (`db_password`, `apiKey`, `ssh-key`): "key" must not match "monkey".
 _SECRET_WORDS = frozenset(
@@ -61,16 +65,65 @@ def is_secret_name(name: str) -> bool:
     return any(part in flat for part in _SECRET_PARTS)
 
 
+def url_passwords(text: str) -> list[tuple[int, int]]:
+    """Where passwords inside URLs stand in `text` ((start, end) of each, left to right): the
+    `PASSWORD` of `scheme://user:PASSWORD@`, up to the first `@`, never across whitespace.
+    Linear in the length of `text`, whatever it holds."""
+    spans: list[tuple[int, int]] = []
+    ends: list[int] | None = None  # every `@` and whitespace position, found once when needed
+    done = 0  # where the last password found ended: URLs do not overlap
+    at = text.find("://")
+    while at != -1:
+        if at >= done and _has_scheme(text, at, done):
+            stop = _USER_END.search(text, at + 3)
+            if stop is not None and stop.group() == ":":
+                if ends is None:
+                    ends = [m.start() for m in _PASSWORD_END.finditer(text)]
+                i = bisect.bisect_right(ends, stop.start())
+                end = ends[i] if i < len(ends) else -1
+                if end > stop.start() + 1 and text[end] == "@":
+                    spans.append((stop.start() + 1, end))
+                    done = end + 1
+        at = text.find("://", at + 1)
+    return spans
+
+
+def _has_scheme(text: str, at: int, floor: int) -> bool:
+    """Whether a scheme (a letter, then letters, digits, `+.-`: at most 32) ends at `at`."""
+    for i in range(at - 1, max(floor, at - _SCHEME_LONGEST) - 1, -1):
+        char = text[i]
+        if char not in _SCHEME_CHARS:
+            return False
+        if char.isascii() and char.isalpha():
+            return True
+    return False
+
+
 def scrub_text(text: str) -> str:
     """`text` with passwords inside URLs replaced by ***."""
     if "://" not in text:
         return text
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
+    spans = url_passwords(text)
+    if not spans:
+        return text
+    parts, pos = [], 0
+    for start, end in spans:
+        parts += [text[pos:start], "***"]
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def was_scrubbed(text: str) -> bool:
     """Whether `text` holds a URL whose password `scrub_text` removed."""
-    return bool(_SCRUBBED.search(text))
+    at = text.find("://")
+    while at != -1:
+        if _has_scheme(text, at, 0):
+            stop = _USER_END.search(text, at + 3)
+            if stop is not None and stop.group() == ":" and text.startswith("***@", stop.end()):
+                return True
+        at = text.find("://", at + 1)
+    return False
 
 
 def reveal(value: Any) -> Any:

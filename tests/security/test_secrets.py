@@ -662,3 +662,44 @@ def test_a_webhook_callback_url_never_reaches_the_flow_run_parameters(tmp_path, 
     assert [r.parameters["callback_url"] for r in runs] == ["**********"]
     found = leaks({"callback token": token}, everything(capfd, home, sqlite_url, [str(r.id) for r in runs]))
     assert not found, "secret values found:\n" + "\n".join(found)
+
+
+# -- hostile text: passwords inside URLs are found in linear time ----------------------------------------
+_HOSTILE_SCRUB = """\
+import logging, sys
+from flows.masking import Masker, mask, masking
+from flows.secrets import safe_parameters, scrub_text, was_scrubbed
+
+lines = [
+    "a://:" * 20_000,  # every `://` starts a password that never ends
+    "a://" + "a" * 100_000 + "@",
+    "a://a:" + "b://c:" * 16_000,
+    "x" * 31 + "://" + ":/" * 50_000,
+]
+for line in lines:
+    assert scrub_text(line) == line and not was_scrubbed(line)
+    assert Masker(["not-in-the-line"])(line) == line
+    with masking(Masker(["not-in-the-line"])):
+        assert mask(line) == line
+        logging.getLogger("hostile").warning(line)
+    assert safe_parameters({"x": line}) == {"x": line}
+found = scrub_text("a://u:" + "p" * 100_000 + "@host " + "b://:" * 20_000)
+assert found.startswith("a://u:***@host b://:") and "pp" not in found
+assert was_scrubbed(found)
+print("done")
+"""
+
+
+def test_passwords_in_urls_are_found_in_linear_time_on_hostile_lines():
+    """100 kB lines made to make a backtracking URL search rescan the line from every `://`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _HOSTILE_SCRUB],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a linear scan takes well under a second; the old search, minutes
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
