@@ -75,7 +75,8 @@ class Masker:
 
 def _forms(value: Any) -> set[str]:
     """A value as a command may print it: whole, line by line, list items joined, JSON-escaped,
-    percent-encoded (a password inside a URL)."""
+    percent-encoded (a password inside a URL), and quoted as shells and their tools print it
+    (`set -x`, `printf %q`, `${x@Q}`, `declare -p`, Python's `shlex.quote`)."""
     if isinstance(value, list | tuple):
         items = [str(v) for v in value if isinstance(v, str | int | float) and len(str(v)) >= SHORTEST]
         forms = {",".join(items), " ".join(items), json.dumps(items)} if items else set()
@@ -85,9 +86,66 @@ def _forms(value: Any) -> set[str]:
     if not isinstance(value, str):
         return set()
     forms = {value, value.strip(), *value.splitlines()}
-    forms |= {json.dumps(f)[1:-1] for f in list(forms)}
-    forms |= {urllib.parse.quote(f, safe="") for f in list(forms)}
+    for form in list(forms):
+        quoted = shell_quoted(form)
+        # `set -x` quotes the words of a command again, a value quoted by `${x@Q}` or `%q` too
+        forms |= quoted | {q.replace("'", "'\\''") for q in quoted}
+        forms |= {json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1]}
+        forms |= {urllib.parse.quote(form, safe=""), urllib.parse.quote(form), urllib.parse.quote_plus(form)}
     return {f for f in forms if len(f.strip()) >= SHORTEST}
+
+
+# What `printf %q` puts a backslash before (bash's sh_backslash_quote); `#` and `~` only where
+# they would start a comment or a tilde expansion.
+_BACKSLASHED = frozenset(" \t\n'\"\\|&;()<>!{}*[?]^$`,")
+# How `$'...'` writes characters (bash's ansic_quote); other unprintable ones as octal bytes.
+_ANSI_C = {
+    "\a": "\\a", "\b": "\\b", "\x1b": "\\E", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+    "\t": "\\t", "\v": "\\v", "\\": "\\\\", "'": "\\'",
+}  # fmt: skip
+
+
+def shell_quoted(value: str) -> set[str]:
+    """`value` as it stands inside the quoted words shells print, without the quotes around it
+    (so it is found inside a longer quoted word too): `'...'` (bash's `'\\''`, Python's
+    `'"'"'`), `"..."`, `$'...'` (raw or octal non-ASCII), and backslash-escaped (`printf %q`,
+    a leading `#`/`~` escaped or not)."""
+    forms = {
+        value.replace("'", "'\\''"),
+        value.replace("'", "'\"'\"'"),
+        "".join("\\" + c if c in '\\"$`' else c for c in value),
+        _ansi_c(value, raw_unicode=True),
+        _ansi_c(value, raw_unicode=False),
+    }
+    if all(c.isprintable() or c in "\t\n" for c in value):
+        forms |= {_backslashed(value, starts_word=True), _backslashed(value, starts_word=False)}
+    return forms
+
+
+def _ansi_c(value: str, *, raw_unicode: bool) -> str:
+    out = []
+    for char in value:
+        if char in _ANSI_C:
+            out.append(_ANSI_C[char])
+        elif char.isprintable() and (raw_unicode or char.isascii()):
+            out.append(char)
+        else:
+            out += [f"\\{byte:03o}" for byte in char.encode("utf-8", "surrogateescape")]
+    return "".join(out)
+
+
+def _backslashed(value: str, *, starts_word: bool) -> str:
+    out = []
+    for i, char in enumerate(value):
+        first = i == 0 and starts_word
+        after = value[i - 1] if i else ""
+        special = (
+            char in _BACKSLASHED
+            or (char == "#" and first)
+            or (char == "~" and (first or after in ("=", ":")))
+        )
+        out.append("\\" + char if special else char)
+    return "".join(out)
 
 
 def mask_data(data: Any, masker: Callable[[str], str]) -> Any:

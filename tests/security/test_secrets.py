@@ -703,3 +703,89 @@ def test_passwords_in_urls_are_found_in_linear_time_on_hostile_lines():
         cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+
+
+# -- a secret printed quoted: set -x, printf %q, ${x@Q}, declare -p, shlex.quote, JSON ----------------
+_PRINT_QUOTED = r"""
+x=$(cat "$1"); x=${x%.}
+printf '%q\n' "$x"
+printf '[%q]\n' "pre$x"
+echo "${x@Q} and pre ${x@Q} post"
+declare -p x
+set -x
+: "$x" "pre $x post"
+{ set +x; } 2>/dev/null
+python3 -c 'import json, shlex, sys; print(shlex.quote(sys.argv[1]), json.dumps(sys.argv[1]))' "$x"
+python3 -c 'import json, sys; print(json.dumps(sys.argv[1], ensure_ascii=False))' "$x"
+"""
+
+
+def _pieces(*separators: str) -> tuple[str, list[str]]:
+    """A secret of random pieces joined by `separators`, and the pieces (which must never show)."""
+    pieces = [random_secrets.token_hex(6) for _ in range(len(separators) + 1)]
+    return "".join(p + s for p, s in zip(pieces, [*separators, ""], strict=True)), pieces
+
+
+@pytest.mark.parametrize(
+    "separators",
+    [
+        ("'",),
+        ('"', "\\"),
+        ("$", "`", " "),
+        ("'\\''", "!"),
+        ("\t", "\x1b", "é"),
+        ("#", "~", "=~", "*?[]"),
+        ("\n",),
+    ],
+    ids=["single-quote", "double-quote-backslash", "dollar-backtick-space", "quoted-quote", "tab-escape-utf8",
+         "comment-tilde-glob", "newline"],
+)  # fmt: skip
+def test_a_secret_is_masked_in_every_quoted_form_bash_and_tools_print(tmp_path, separators):
+    import subprocess
+
+    from flows.masking import Masker
+
+    secret, pieces = _pieces(*separators)
+    (tmp_path / "value").write_text(secret + ".")
+    shown = subprocess.run(
+        ["bash", "-c", _PRINT_QUOTED, "_", str(tmp_path / "value")], capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    printed = (shown.stdout + shown.stderr).splitlines()
+    assert any(pieces[-1] in line for line in printed)  # it was printed, in some form
+    mask = Masker([secret])
+    masked = [mask(line) for line in printed]
+    assert not [line for line in masked if any(p in line for p in pieces)], masked
+
+
+XTRACE = """\
+name: xtrace
+parameters:
+  - name: db_password
+    required: true
+steps:
+  - name: traced
+    command: |
+      set -x
+      test -n {{ .db_password }}
+      printf 'escaped: %q\\n' {{ .db_password }}
+      echo "quoted: ${OPSFLOW_PARAM_DB_PASSWORD@Q}"
+"""
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_traced_step_shows_no_piece_of_a_quoted_secret(tmp_path, home, write_workflow, capfd):
+    path = write_workflow(XTRACE)
+    secret, pieces = _pieces("'", ' "', "$", "\\")
+    code = cli("run", str(path), "--set", f"db_password={secret}", "--json")
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    places = {"terminal stdout": out, "terminal stderr": err} | _files_text(home)
+    assert "escaped: **********" in err + out
+    found = leaks({f"piece {i}": p for i, p in enumerate(pieces)}, places)
+    assert not found, (
+        "secret pieces found:\n"
+        + "\n".join(found)
+        + "\n"
+        + "\n".join(line for line in err.splitlines() if any(p in line for p in pieces))
+    )
