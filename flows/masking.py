@@ -66,6 +66,12 @@ class Masker:
             if (isinstance(value, SecretStr) or is_secret(name)) and not reference(value)
         )
 
+    @property
+    def longest(self) -> int:
+        """Characters of the longest form of a secret (0 without secrets)."""
+        secrets = self.secrets
+        return len(secrets[0]) if secrets else 0
+
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             if secret in text:
@@ -194,6 +200,13 @@ def mask(text: str) -> str:
     for masker in list(_active):
         text = masker(text)
     return scrub_text(text)
+
+
+def longest_secret(masker: Callable[[str], str] | None = None) -> int:
+    """Characters of the longest secret `masker` (a `Masker`, else every run masking in this
+    process) masks: how much more of a long line to read so that none is cut in two."""
+    maskers = [masker] if isinstance(masker, Masker) else list(_active)
+    return max((m.longest for m in maskers), default=0)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows import children
+from flows import children, masking
 
 KILL_GRACE_SECONDS = 3.0
 EXIT_DRAIN_SECONDS = 0.5  # after the command exits, how long its leftover children may hold the pipes
@@ -122,10 +122,14 @@ def run_command(
     cwd: str | None = None,
     memory_limit: int | None = None,
     on_start: Callable[[int], None] | None = None,
+    mask: Callable[[str], str] | None = None,
 ) -> CommandResult:
     """Run `text` and wait; stdout is returned (capped), every line goes to `on_line`.
 
     `on_start` is called with the command's process (and process group) id once it runs.
+
+    `mask` (default: the secrets of every run masking in this process, flows/masking.py) is
+    applied to each whole line before a long one is cut, so the cut never splits a secret.
 
     `memory_limit` (bytes) is set as RLIMIT_AS: virtual memory, so a runtime that maps much
     more than it touches (Python ~30-60 MB, JVMs, Go) needs a reservation above its real use.
@@ -166,7 +170,7 @@ def run_command(
     try:
         if on_start is not None:
             on_start(proc.pid)
-        stdout, truncated, timed_out = _pump(proc, started, timeout, on_line)
+        stdout, truncated, timed_out = _pump(proc, started, timeout, on_line, mask or masking.mask)
         exit_code = _wait(proc, started, timeout)
         timed_out = timed_out or exit_code is None
         if exit_code is None:
@@ -218,13 +222,17 @@ def _wait(proc: subprocess.Popen[bytes], started: float, timeout: float | None) 
 
 
 def _pump(
-    proc: subprocess.Popen[bytes], started: float, timeout: float | None, on_line: LineSink | None
+    proc: subprocess.Popen[bytes],
+    started: float,
+    timeout: float | None,
+    on_line: LineSink | None,
+    mask: Callable[[str], str],
 ) -> tuple[str, bool, bool]:
     """Read both pipes until they close, the deadline passes, or shortly after the command
     exits (a background child it left behind may hold the pipes open for ever)."""
     selector = selectors.DefaultSelector()
     assert proc.stdout is not None and proc.stderr is not None
-    lines = {"stdout": _LineBuffer("stdout", on_line), "stderr": _LineBuffer("stderr", on_line)}
+    lines = {stream: _LineBuffer(stream, on_line, mask) for stream in ("stdout", "stderr")}
     selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
     selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
     captured = bytearray()
@@ -261,10 +269,14 @@ def _pump(
 
 class _LineBuffer:
     """Bytes to lines; a line longer than MAX_LINE_CHARS is cut, and the rest of it dropped
-    as it arrives (never accumulated), so one huge line costs neither time nor memory."""
+    as it arrives (never accumulated), so one huge line costs neither time nor memory.
 
-    def __init__(self, stream: str, sink: LineSink | None) -> None:
-        self.stream, self.sink = stream, sink
+    Secrets are masked before the cut: a secret that straddles it would otherwise show its
+    first characters. So that one starting before the cut is kept whole, a long line keeps
+    as many more characters as the longest secret has before the rest is dropped."""
+
+    def __init__(self, stream: str, sink: LineSink | None, mask: Callable[[str], str] | None = None) -> None:
+        self.stream, self.sink, self.mask = stream, sink, mask or masking.mask
         self.pending = bytearray()
         self.overflow = False
 
@@ -279,13 +291,14 @@ class _LineBuffer:
     def _take(self, part: bytes) -> None:
         if self.overflow:
             return
-        room = MAX_LINE_CHARS * 4 - len(self.pending)  # bytes: up to 4 per character
+        # bytes: up to 4 per character
+        room = (MAX_LINE_CHARS + masking.longest_secret(self.mask)) * 4 - len(self.pending)
         self.pending += part[:room]
         self.overflow = len(part) > room
 
     def flush(self) -> None:
         if self.pending or self.overflow:
-            line = self.pending.decode("utf-8", "replace").rstrip("\r")
+            line = self.mask(self.pending.decode("utf-8", "replace").rstrip("\r"))
             if len(line) > MAX_LINE_CHARS or self.overflow:
                 line = line[:MAX_LINE_CHARS] + " …[cut]"
             if self.sink:

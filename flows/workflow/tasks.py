@@ -192,6 +192,7 @@ def _run_attempt(
                 on_line=sink,
                 memory_limit=memory,
                 on_start=(lambda pid: ends.append(watch(pid))) if watch is not None else None,
+                mask=mask,
             )
     finally:
         for end in ends:

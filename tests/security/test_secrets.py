@@ -789,3 +789,31 @@ def test_a_traced_step_shows_no_piece_of_a_quoted_secret(tmp_path, home, write_w
         + "\n"
         + "\n".join(line for line in err.splitlines() if any(p in line for p in pieces))
     )
+
+
+LONG_LINE = """\
+name: long-line
+parameters:
+  - name: api_token
+    required: true
+steps:
+  - name: long
+    command: |
+      python3 -c 'import sys; print("a" * int(sys.argv[1]) + sys.argv[2] + "b" * 50000)' 3990 {{ .api_token }}
+      python3 -c 'import sys; print("a" * int(sys.argv[1]) + sys.argv[2] + "b" * 50000)' 3999 {{ .api_token }} >&2
+"""
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_secret_across_the_cut_of_a_long_line_shows_no_prefix(home, write_workflow, capfd):
+    from flows.workflow.shell import MAX_LINE_CHARS
+
+    assert MAX_LINE_CHARS == 4000  # the workflow puts the secret across this cut
+    path = write_workflow(LONG_LINE)
+    secret = random_secrets.token_hex(12)
+    assert cli("run", str(path), "--set", f"api_token={secret}", "--json") == 0
+    out, err = capfd.readouterr()
+    places = {"terminal stdout": out, "terminal stderr": err} | _files_text(home)
+    assert "a" * 3990 + "**********" in err and "…[cut]" in err
+    found = leaks({"the secret's first characters": secret[:8]}, places)
+    assert not found, "secret prefix found:\n" + "\n".join(found)
