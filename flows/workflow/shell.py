@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +87,18 @@ class CommandResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-def shell_argv(text: str | list[str], shell: str | None) -> tuple[list[str], Path | None]:
+def shell_argv(
+    text: str | list[str], shell: str | None, script_fd: int | None = None
+) -> tuple[list[str], Path | None]:
     """The argv that runs `text`, and a temporary script file to delete afterwards, if any.
 
     A list is an argv already and runs without a shell.
+
+    The text itself is never an argument: the command line of every process can be read by
+    every user of the machine (`ps`, /proc/PID/cmdline), and a rendered command holds secret
+    values. The shell reads it from `script_fd` (an open file only opsflow's user can read,
+    `private_script`) by `. /dev/fd/N`, so `$0` and `-e` stay as with `-c`; an interpreter
+    named by a `#!` line gets a private (0600) temporary file.
 
     `bash` runs as GitHub Actions runs it (`-eo pipefail`, no profile), so a failing line
     in a multi-line command fails the step instead of being ignored.
@@ -99,17 +107,40 @@ def shell_argv(text: str | list[str], shell: str | None) -> tuple[list[str], Pat
         return list(text), None
     if text.startswith("#!"):
         interpreter = text.splitlines()[0][2:].split()
-        fd, name = tempfile.mkstemp(prefix="opsflow-", suffix=".script")
+        fd, name = tempfile.mkstemp(prefix="opsflow-", suffix=".script")  # 0600
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         return [*interpreter, name], Path(name)
+    if script_fd is None:
+        raise ValueError("a shell command is read from a private file: give script_fd")
+    source = f"/dev/fd/{script_fd}"
     chosen = shell or ("bash" if shutil.which("bash") else "sh")
     base = os.path.basename(chosen)
     if base == "bash":
-        return [chosen, "--noprofile", "--norc", "-eo", "pipefail", "-c", text], None
+        return [chosen, "--noprofile", "--norc", "-eo", "pipefail", "-c", f". {source}", base], None
     if base in ("sh", "dash", "zsh", "ksh"):
-        return [chosen, "-ec", text], None
-    return [chosen, "-c", text], None
+        return [chosen, "-ec", f". {source}", base], None
+    return [chosen, source], None  # another interpreter (python3, fish...) reads the file itself
+
+
+@contextlib.contextmanager
+def private_script(text: str | list[str]) -> Iterator[int | None]:
+    """An open descriptor of a file holding `text`, readable by opsflow's user only and
+    already unlinked (nothing is left behind, however opsflow ends); None for an argv."""
+    if isinstance(text, list):
+        yield None
+        return
+    fd, name = tempfile.mkstemp(prefix="opsflow-", suffix=".sh")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8", "surrogateescape"))
+        fd = os.open(name, os.O_RDONLY)  # what the command inherits cannot change the script
+    finally:
+        os.unlink(name)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def run_command(
@@ -134,7 +165,23 @@ def run_command(
     `memory_limit` (bytes) is set as RLIMIT_AS: virtual memory, so a runtime that maps much
     more than it touches (Python ~30-60 MB, JVMs, Go) needs a reservation above its real use.
     """
-    argv, script = shell_argv(text, shell)
+    with private_script(text) as script_fd:
+        return _run(text, script_fd, shell, timeout, on_line, env, cwd, memory_limit, on_start, mask)
+
+
+def _run(
+    text: str | list[str],
+    script_fd: int | None,
+    shell: str | None,
+    timeout: float | None,
+    on_line: LineSink | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    memory_limit: int | None,
+    on_start: Callable[[int], None] | None,
+    mask: Callable[[str], str] | None,
+) -> CommandResult:
+    argv, script = shell_argv(text, shell, script_fd)
     allocation_failed = ""
     if memory_limit is not None:
         argv = [sys.executable, "-S", "-c", _LIMIT_AND_EXEC, str(memory_limit), *argv]
@@ -158,6 +205,7 @@ def run_command(
             stderr=subprocess.PIPE,
             env=env,
             cwd=cwd,
+            pass_fds=() if script_fd is None else (script_fd,),
         )
     except (FileNotFoundError, PermissionError) as exc:
         if on_line:

@@ -817,3 +817,58 @@ def test_a_secret_across_the_cut_of_a_long_line_shows_no_prefix(home, write_work
     assert "a" * 3990 + "**********" in err and "…[cut]" in err
     found = leaks({"the secret's first characters": secret[:8]}, places)
     assert not found, "secret prefix found:\n" + "\n".join(found)
+
+
+# -- a running step's command line ------------------------------------------------------------------
+VISIBLE_TO_PS = """\
+name: ps-visible
+parameters:
+  - name: api_token
+    required: true
+  - name: here
+    required: true
+steps:
+  - name: waits
+    command: |
+      test -n {{ .api_token }}
+      printf '%s' "$$" > {{ .here }}/pid
+      while [ ! -e {{ .here }}/stop ]; do sleep 0.05; done
+      echo "done with {{ .api_token }}"
+"""
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_running_step_has_no_secret_in_its_command_line(tmp_path, home, write_workflow, capfd):
+    """/proc/PID/cmdline (what `ps` shows every user) of a step's shell and of what it runs."""
+    import os
+    import threading
+
+    from flows import processes
+
+    path = write_workflow(VISIBLE_TO_PS)
+    secret, here = unique("tok-"), tmp_path / "here"
+    here.mkdir()
+    codes = []
+    args = ("run", str(path), "--set", f"api_token={secret}", "--set", f"here={here}", "--json")
+    runner = threading.Thread(target=lambda: codes.append(cli(*args)))
+    runner.start()
+    try:
+        wait_for(lambda: (here / "pid").exists() and (here / "pid").read_text(), 120)
+        shell = int((here / "pid").read_text())
+        group = os.getpgid(shell)
+        members = [pid for pid in processes.pids() if (processes.read_stat(pid) or ("", 0, 0))[1] == group]
+        assert shell in members
+        cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in members}
+        assert all(cmdlines.values())
+        assert not [c for c in cmdlines.values() if secret.encode() in c], cmdlines
+        # only opsflow's user can read the script the shell runs
+        for pid in members:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if "opsflow-" in target:
+                    assert target.endswith("(deleted)") and (os.stat(fd).st_mode & 0o077) == 0, target
+    finally:
+        (here / "stop").touch()
+        runner.join(120)
+    assert codes == [0]
+    assert f"done with {secret}" not in capfd.readouterr().err

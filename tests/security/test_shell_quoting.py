@@ -28,7 +28,7 @@ from flows.workflow.check import analyse
 from flows.workflow.load import load_workflow
 from flows.workflow.params import bind
 from flows.workflow.plan import plan_workflow
-from flows.workflow.shell import shell_argv
+from flows.workflow.shell import private_script, shell_argv
 from flows.workflow.template import compile_template
 from tests.security.shellgen import VALUE, Generator
 
@@ -69,14 +69,22 @@ def rendered(path: Path, sets: dict[str, Any]) -> str:
     return plan_workflow(loaded, analysis.graph, bound).steps[0].text
 
 
-def bash_argv(command: str) -> list[str]:
-    return shell_argv(command, None)[0]  # bash --noprofile --norc -eo pipefail -c, as steps run
+def run_bash(command: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """`command` run as steps run it: bash --noprofile --norc -eo pipefail, reading the text
+    from a private file (never from its command line)."""
+    with private_script(command) as fd:
+        return subprocess.run(
+            shell_argv(command, None, fd)[0],
+            pass_fds=(fd,),
+            capture_output=True,
+            cwd=cwd,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def bash(command: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        bash_argv(command), capture_output=True, cwd=cwd, timeout=60, stdin=subprocess.DEVNULL
-    )
+    return run_bash(command, cwd, 60)
 
 
 def same(value: str) -> str:
@@ -619,9 +627,7 @@ def test_fuzz_random_commands_never_run_a_value(seed: int, value: str, tmp_path:
     except ValidationError:
         return
     with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(
-            bash_argv(command), cwd=tmp_path, capture_output=True, timeout=10, stdin=subprocess.DEVNULL
-        )
+        run_bash(command, tmp_path, 10)
     assert not marker.exists(), (source, command)
 
 
