@@ -129,14 +129,14 @@ def check_value(
     if slot.kind == ARITH and not _NUMBER.fullmatch(text):
         raise UnsafeValue(
             f"{shown} lands in arithmetic, where bash evaluates text such as `a[$(cmd)]`, and "
-            f"{text[:40]!r} is not a plain number"
+            "its value is not a plain number"
         )
     if slot.kind in (HEREDOC, LITERAL):
         _check_document(slot, ESCAPES[slot.kind](text), shown)
     starts = slot.starts_word if first else slot.kind == UNQUOTED
     if slot.option_of and starts and text.startswith("-") and not options:
         raise UnsafeValue(
-            f"{shown} {text[:40]!r} starts with `-`, so `{slot.option_of}` would take it for an "
+            f"{shown} starts with `-`, so `{slot.option_of}` would take it for an "
             "option — write `--` before it in the command to end the options"
         )
 

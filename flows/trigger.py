@@ -48,7 +48,8 @@ def parse_params(items: list[str], schema: dict[str, Any] | None = None) -> dict
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not (key := key.strip()):
-            raise ValidationError(f"--param {item!r}: expected key=value, e.g. workers=4")
+            # the item is not shown: it may be a secret given without its name
+            raise ValidationError("--param: expected key=value, e.g. workers=4 (the item is not shown)")
         try:
             params[key] = json.loads(text)
         except ValueError:

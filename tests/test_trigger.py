@@ -187,7 +187,7 @@ def runs_of(deployment: str) -> int:
         (["{flow}/nope", "--wait"], "no deployment 'opsflow-trigger-echo/nope'"),
         (["{echo}", "--wait", "--param", "nope=1"], "has no parameter nope (it takes: fail, value)"),
         (["{echo}", "--wait", "--param", 'value="abc"'], "the Prefect API answered 409"),
-        (["{echo}", "--wait", "--param", "value"], "--param 'value': expected key=value"),
+        (["{echo}", "--wait", "--param", "value"], "--param: expected key=value"),
         (["{echo}", "--wait", "--timeout", "soon"], "--timeout: expected a duration"),
         (["{echo}", "--timeout", "1m"], "need --wait"),
     ],

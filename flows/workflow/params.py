@@ -87,8 +87,12 @@ def for_flow(loaded: LoadedWorkflow, values: Mapping[str, Any]) -> dict[str, Any
 
 
 def _shown(param: Parameter, value: Any) -> str:
-    """A value as an error message may quote it: never a secret's."""
-    return "the value (a secret, not shown)" if param.is_secret else repr(value)
+    """A value as an error message may quote it: never a secret's, nor any of it (a prefix, a
+    password inside a URL), and never more than 40 characters of another."""
+    text = repr(value)
+    if param.is_secret or scrub_text(text) != text:
+        return "the value (a secret, not shown)"
+    return text
 
 
 def parse_sets(values: Iterable[str], verbatim: Iterable[str] = ()) -> dict[str, str]:
@@ -112,8 +116,11 @@ def _pair(piece: str, expects: str) -> tuple[str, str]:
     key, sep, value = piece.partition("=")
     key = key.strip()
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        shown = f"`{key[:40]}`" if sep else "no `=`"
-        raise ValidationError(f"{expects}, got {shown}")
+        # the pair is not shown: it may be a secret given without its name
+        raise ValidationError(
+            f"{expects}, the key made of letters, digits and _ (the pair that is not one is not shown: "
+            "it may hold a secret)"
+        )
     return key, value
 
 
@@ -351,7 +358,8 @@ def _check_options(loaded: LoadedWorkflow, params: Mapping[str, Any]) -> dict[st
             hit = next((i for i in dashed if (use.starts_word if i == 0 else use.splits)), None)
             if hit is not None:
                 raise ValidationError(
-                    f"parameter `{name}`: {items[hit][:40]!r} starts with `-`, and `{use.command}` "
+                    f"parameter `{name}`: {_shown(declared.get(name) or Parameter(name=name), items[hit])} "
+                    f"starts with `-`, and `{use.command}` "
                     f"({use.where}) takes it as an argument, where it would be read as an option — if "
                     f"`{name}` may start with `-`, give it a `validation.pattern` that allows it; else "
                     "write `--` before it in the command"

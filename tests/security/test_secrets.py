@@ -872,3 +872,41 @@ def test_a_running_step_has_no_secret_in_its_command_line(tmp_path, home, write_
         runner.join(120)
     assert codes == [0]
     assert f"done with {secret}" not in capfd.readouterr().err
+
+
+# -- errors that quote a value ----------------------------------------------------------------------------
+QUOTED_BY_ERRORS = """\
+name: quoted-by-errors
+parameters:
+  - name: api_token
+    required: true
+  - name: endpoint
+    default: "https://example.org"
+    validation: {pattern: "^https://[a-z.]+$"}
+steps:
+  - name: pack
+    command: tar -cf /dev/null {{ .api_token }} && curl {{ .endpoint }}
+"""
+
+
+def test_no_error_quotes_any_piece_of_a_secret(write_workflow, capsys):
+    """A value that starts with `-`, a URL with a password that fails a pattern, a --set or
+    --param item without its name: refused without a prefix or a password shown."""
+    from flows.errors import ValidationError
+    from flows.trigger import parse_params
+
+    path = write_workflow(QUOTED_BY_ERRORS)
+    secret = "-" + random_secrets.token_hex(30)
+    password = random_secrets.token_hex(8)
+    attempts = [
+        ["--set", f"api_token={secret}"],  # starts with `-` where tar reads options
+        ["--set", "api_token=x", "--set", f"endpoint=http://ops:{password}@example.org"],
+        ["--set", f"{secret[1:]}"],
+    ]
+    for args in attempts:
+        assert cli("plan", str(path), *args) == 3, args
+        err = capsys.readouterr().err
+        assert secret[1:9] not in err and password not in err, err
+    with pytest.raises(ValidationError) as refused:
+        parse_params([secret[1:]])
+    assert secret[1:9] not in str(refused.value)
