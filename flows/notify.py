@@ -12,6 +12,7 @@ or slow is a warning, never a failed or stalled run. URLs are shown without cred
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import threading
@@ -30,12 +31,34 @@ def with_timeouts(url: str, timeout: float = NOTIFY_TIMEOUT) -> str:
 
 
 def redact(url: str) -> str:
-    """scheme://host/... without credentials: apprise URLs often carry tokens."""
+    """`scheme://host/…`: never a user, password or token. apprise URLs often carry tokens
+    where a host would stand (`tgram://BOT:TOKEN/chat`, `slack://TokenA/TokenB`), and a
+    password may hold `/`, `?` or `#` unencoded, so the host is shown only when it is plainly
+    one (a dotted name, `localhost` or an IP address, and a numeric port) and nothing after
+    it holds an `@`; else `scheme://…`."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,31}", scheme):
         return "(invalid URL)"
-    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}/…"
+    end = re.search(r"[/?#]", rest)
+    authority, after = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    host = authority.rsplit("@", 1)[-1]
+    path = re.split(r"[?#]", after, maxsplit=1)[0]
+    return f"{scheme}://{host}/…" if "@" not in path and _plain_host(host) else f"{scheme}://…"
+
+
+def _plain_host(text: str) -> bool:
+    """A host name with a dot, `localhost` or an IP address, optionally `:PORT`."""
+    match = re.fullmatch(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?", text)
+    if match is None:
+        return False
+    host = match["host"].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or (
+            "." in host and re.search(r"[A-Za-z]", host.rsplit(".", 1)[-1]) is not None
+        )
+    return True
 
 
 def channel_urls(channel: str) -> list[str]:

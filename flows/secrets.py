@@ -34,7 +34,8 @@ MASKED = "**********"  # what records, logs and artifacts show instead of a secr
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 _SCHEME_LONGEST = 32  # no scheme is longer; an unbounded one would rescan long words
 _USER_END = re.compile(r"[:/@\s]")  # a user name ends at its `:` (or is no user name)
-_PASSWORD_END = re.compile(r"[@\s]")  # a password ends at `@` (or was none: whitespace first)
+_SPACE = re.compile(r"\s")  # a URL ends at whitespace
+_AT = re.compile("@")
 
 # Whole words of a name (`db_password`, `apiKey`, `ssh-key`): "key" must not match "monkey".
 _SECRET_WORDS = frozenset(
@@ -67,21 +68,26 @@ def is_secret_name(name: str) -> bool:
 
 def url_passwords(text: str) -> list[tuple[int, int]]:
     """Where passwords inside URLs stand in `text` ((start, end) of each, left to right): the
-    `PASSWORD` of `scheme://user:PASSWORD@`, up to the first `@`, never across whitespace.
+    `PASSWORD` of `scheme://user:PASSWORD@`, up to the last `@` before whitespace (a password
+    may hold an `@` unencoded: `u:p@ss@host` is masked to `u:***@host`, never `u:***@ss@host`).
     Linear in the length of `text`, whatever it holds."""
     spans: list[tuple[int, int]] = []
-    ends: list[int] | None = None  # every `@` and whitespace position, found once when needed
+    ats: list[int] = []  # every `@` and every whitespace position, found once when needed
+    spaces: list[int] | None = None
     done = 0  # where the last password found ended: URLs do not overlap
     at = text.find("://")
     while at != -1:
         if at >= done and _has_scheme(text, at, done):
             stop = _USER_END.search(text, at + 3)
             if stop is not None and stop.group() == ":":
-                if ends is None:
-                    ends = [m.start() for m in _PASSWORD_END.finditer(text)]
-                i = bisect.bisect_right(ends, stop.start())
-                end = ends[i] if i < len(ends) else -1
-                if end > stop.start() + 1 and text[end] == "@":
+                if spaces is None:
+                    spaces = [m.start() for m in _SPACE.finditer(text)]
+                    ats = [m.start() for m in _AT.finditer(text)]
+                i = bisect.bisect_right(spaces, stop.start())
+                url_end = spaces[i] if i < len(spaces) else len(text)
+                j = bisect.bisect_left(ats, url_end) - 1
+                end = ats[j] if j >= 0 else -1
+                if end > stop.start() + 1:
                     spans.append((stop.start() + 1, end))
                     done = end + 1
         at = text.find("://", at + 1)

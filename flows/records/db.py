@@ -38,6 +38,7 @@ from flows.records import models as _models  # noqa: F401
 from flows.records import procedures as _procedures  # noqa: F401
 from flows.records import webhooks as _webhooks  # noqa: F401
 from flows.records import workflows as _workflows  # noqa: F401
+from flows.secrets import scrub_text
 
 #: Key of the PostgreSQL advisory lock that serialises table creation across processes.
 SCHEMA_LOCK_KEY = zlib.crc32(b"opsflow.records.create_all")
@@ -69,7 +70,8 @@ def redacted(url: str | URL) -> str:
         return "<unparseable database URL>"
     if "password" in parsed.query:
         parsed = parsed.update_query_dict({"password": "***"})
-    return parsed.render_as_string(hide_password=True)
+    # a password with an unencoded `@` leaves its end in the host: scrub_text takes it out
+    return scrub_text(parsed.render_as_string(hide_password=True))
 
 
 def normalize_url(url: str | URL) -> URL:

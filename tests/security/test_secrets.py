@@ -910,3 +910,41 @@ def test_no_error_quotes_any_piece_of_a_secret(write_workflow, capsys):
     with pytest.raises(ValidationError) as refused:
         parse_params([secret[1:]])
     assert secret[1:9] not in str(refused.value)
+
+
+# -- URLs as they are shown -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("json://hooks.internal/ops", "json://hooks.internal/…"),
+        ("mailto://ops:{pw}@smtp.internal?to=ops@example.org", "mailto://smtp.internal/…"),
+        ("json://ops:{pw}@127.0.0.1:8080/hook?token={pw}", "json://127.0.0.1:8080/…"),
+        ("json://ops:pa/{pw}@hooks.internal/", "json://…"),  # `/` in the password, unencoded
+        ("json://ops:pa?{pw}@hooks.internal/", "json://…"),
+        ("json://ops:pa#{pw}@hooks.internal/", "json://…"),
+        ("json://ops:pa@{pw}.org/x@hooks.internal/", "json://…"),
+        ("tgram://123456789:{pw}/chat", "tgram://…"),  # a bot token where a host would be
+        ("slack://{pw}/B1/C1", "slack://…"),
+        ("pover://user@{pw}", "pover://…"),
+    ],
+)
+def test_notification_urls_are_shown_without_user_password_or_token(url, shown):
+    from flows.notify import redact
+
+    password = random_secrets.token_hex(8)
+    url = url.format(pw=password)
+    assert redact(url) == shown
+    assert password not in redact(url) and "ops" not in redact(url)
+
+
+def test_a_password_holding_an_at_sign_is_masked_whole():
+    from flows.records.db import redacted
+    from flows.secrets import scrub_text
+
+    password = random_secrets.token_hex(8)
+    url = f"postgresql://app:p@{password}@db.internal:5432/app"
+    assert (
+        scrub_text(f"connecting to {url} now")
+        == "connecting to postgresql://app:***@db.internal:5432/app now"
+    )
+    assert password not in redacted(url) and redacted(url).endswith("@db.internal:5432/app")
