@@ -7,6 +7,7 @@ events) and table by table."""
 from __future__ import annotations
 
 import json
+import os
 import secrets as random_secrets
 import sqlite3
 from pathlib import Path
@@ -773,12 +774,29 @@ steps:
 """
 
 
+def terminal_run(path: Path, *sets: str) -> tuple[int, str, str]:
+    """`run PATH --set ... --json` as an operator's terminal shows it: a process of its own (the
+    step lines on its stderr at the default level, whatever earlier tests set in this one)."""
+    import subprocess
+    import sys
+
+    args = [arg for given in sets for arg in ("--set", given)]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.batch", "run", str(path), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parents[2],
+        env={k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"},
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
 @pytest.mark.usefixtures("prefect_api")
-def test_a_traced_step_shows_no_piece_of_a_quoted_secret(tmp_path, home, write_workflow, capfd):
+def test_a_traced_step_shows_no_piece_of_a_quoted_secret(tmp_path, home, write_workflow):
     path = write_workflow(XTRACE)
     secret, pieces = _pieces("'", ' "', "$", "\\")
-    code = cli("run", str(path), "--set", f"db_password={secret}", "--json")
-    out, err = capfd.readouterr()
+    code, out, err = terminal_run(path, f"db_password={secret}")
     assert code == 0, err
     places = {"terminal stdout": out, "terminal stderr": err} | _files_text(home)
     assert "escaped: **********" in err + out
@@ -805,14 +823,14 @@ steps:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_a_secret_across_the_cut_of_a_long_line_shows_no_prefix(home, write_workflow, capfd):
+def test_a_secret_across_the_cut_of_a_long_line_shows_no_prefix(home, write_workflow):
     from flows.workflow.shell import MAX_LINE_CHARS
 
     assert MAX_LINE_CHARS == 4000  # the workflow puts the secret across this cut
     path = write_workflow(LONG_LINE)
     secret = random_secrets.token_hex(12)
-    assert cli("run", str(path), "--set", f"api_token={secret}", "--json") == 0
-    out, err = capfd.readouterr()
+    code, out, err = terminal_run(path, f"api_token={secret}")
+    assert code == 0, err
     places = {"terminal stdout": out, "terminal stderr": err} | _files_text(home)
     assert "a" * 3990 + "**********" in err and "…[cut]" in err
     found = leaks({"the secret's first characters": secret[:8]}, places)
