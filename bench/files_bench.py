@@ -5,7 +5,9 @@
 - N small files through `cp {input} {output}` vs `xargs -P2` running the same cp;
 - the same batch with one Prefect task per file (`--chunk-size 1`);
 - a re-run of the unchanged batch vs the first run;
-- with --large: 10,000 and 100,000 files, peak RSS of each (`/usr/bin/time -v`).
+- with --large: 10,000 and 100,000 files, peak RSS of each (`/usr/bin/time -v`);
+- with --compare REF: the same root-confined batch (`--root`) run by this tree and by the
+  commit REF (`git archive`), alternately, `--repeat` times each: the cost of a change.
 Whole commands are timed, start-up included; the local Prefect server opsflow reuses is
 started beforehand, as it would be on a machine where opsflow was used once.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +56,12 @@ def main() -> None:
     )
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--large", action="store_true", help="also 10,000 and 100,000 files (slow)")
+    parser.add_argument("--compare", metavar="REF", help="only compare this tree with commit REF")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each tree with --compare")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare, args.files, args.repeat)
+        return
     with tempfile.TemporaryDirectory(prefix="opsflow-files-bench-") as tmp:
         base = Path(tmp)
         env = dict(os.environ, OPSFLOW_HOME=str(base / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -96,6 +104,40 @@ def main() -> None:
             for count, (mb, seconds) in rss.items():
                 print(f"{count:>8} {mb:>8.0f}MB {seconds:>7.1f}s")
             print(f"100k/10k RSS ratio: {rss[100_000][0] / rss[10_000][0]:.2f}× (goal ≤ 1.3×, and ≤ 200 MB)")
+
+
+def compare(ref: str, count: int, repeat: int) -> None:
+    """`files run --root IN IN -p 'cp {input} {output}'` by this tree and by `ref`, alternately."""
+    with tempfile.TemporaryDirectory(prefix="opsflow-files-compare-") as tmp:
+        base = Path(tmp)
+        other = base / "ref"
+        other.mkdir()
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(other)], input=archive, check=True)
+        env = dict(os.environ, OPSFLOW_HOME=str(base / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.pop("OPSFLOW_DATABASE_URL", None)
+        inputs = base / "in"
+        make_files(inputs, count)
+        trees = {"this tree": ROOT, ref: other}
+        times: dict[str, list[float]] = {name: [] for name in trees}
+        for run in range(repeat + 1):  # the first round warms the server and the page cache
+            for name, tree in trees.items():
+                command = [*OPSFLOW, "files", "run", "--root", str(inputs), str(inputs)]
+                command += ["-p", "cp {input} {output}", "--workers", "2", "-q"]
+                command += ["-o", str(base / f"out-{run}-{len(times[name])}-{tree.name}")]
+                started = time.perf_counter()
+                done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"failed ({done.returncode}) in {tree}:\n{done.stderr[-3000:]}")
+                if run:
+                    times[name].append(time.perf_counter() - started)
+        print(f"{count} files, cp, 2 workers, --root; median of {repeat} runs each")
+        for name, seconds in times.items():
+            print(
+                f"{name:<20} {statistics.median(seconds):>7.2f}s  ({', '.join(f'{s:.2f}' for s in seconds)})"
+            )
+        ours, theirs = (statistics.median(times[n]) for n in trees)
+        print(f"ratio: {ours / theirs:.2f}×")
 
 
 if __name__ == "__main__":
