@@ -76,14 +76,16 @@ def process_chunk(
     options: str,
     force: bool,
     then: str = "",
+    roots: list[str] | None = None,
 ) -> ChunkResult:
-    """Process files one after another; commit each result as soon as it exists.
+    """Process files one after another; commit each result as soon as it exists. With `roots`,
+    each file must still be inside them when it is opened (discovery was earlier).
 
     When the records database fails, the chunk stops and says why in `lost` (no exception:
     one failure of the database is one line for the batch, not a traceback per chunk)."""
     result = ChunkResult()
     try:
-        _process_files(result, job_id, files, processor, output, timeout, options, force, then)
+        _process_files(result, job_id, files, processor, output, timeout, options, force, then, roots)
     except (ConnectionFailure, SQLAlchemyError) as exc:
         failure = records_failure(exc)
         interrupted.stop(job_id, failure.message)
@@ -102,15 +104,17 @@ def _process_files(
     options: str,
     force: bool,
     then: str,
+    roots: list[str] | None = None,
 ) -> None:
     logger = get_run_logger()
+    confined = resolved_roots(roots)
     proc = processor_for(processor)
     output_dir = Path(output) if output else None
     inputs = [InputFile(Path(p), Path(r)) for p, r in files]
     prints = {}
     for item in inputs:
         try:
-            prints[item.path] = fingerprint(item.path, proc.identity, options)
+            prints[item.path] = fingerprint(item.path, proc.identity, options, confined)
         except OSError as exc:
             result.failed.append((str(item.path), str(item.root), "", f"cannot read: {exc.strerror}"))
     with session() as db:
@@ -129,7 +133,9 @@ def _process_files(
                 result.skipped += 1
                 advance()
                 continue
-            outcome = attempt(item, proc, output_dir=output_dir, timeout=timeout, print_=print_)
+            outcome = attempt(
+                item, proc, output_dir=output_dir, timeout=timeout, print_=print_, roots=confined
+            )
             result.processing_time += outcome.duration
             if outcome.status == "completed":
                 store.record_results(db, [outcome.record(job_id)])
@@ -141,6 +147,11 @@ def _process_files(
                 result.failed.append((str(item.path), str(item.root), print_, outcome.error or ""))
         if skipped_rows:
             store.record_results(db, skipped_rows)
+
+
+def resolved_roots(roots: list[str] | None) -> list[Path] | None:
+    """The batch's roots as `open_input` compares them (None: not confined)."""
+    return [Path(r).resolve() for r in roots] if roots else None
 
 
 def iter_chunks(

@@ -2,14 +2,20 @@
 
 Paths are absolute, so a file named `-rf` can never be read as an option by a command, and
 each carries the root it was found under, so outputs mirror the input tree.
+
+Discovery only names files: a file or a folder above it can be replaced by a link afterwards.
+`open_input` is what makes a name safe to read: it opens the file once and checks the file
+opened, and the processor then reads that descriptor, never the name again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import itertools
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +101,43 @@ def _walk(
             yield from _walk(Path(entry.path), root, seen, roots)
         elif entry.is_file(follow_symlinks=True):
             yield InputFile(Path(entry.path), root)
+
+
+#: Where the kernel names the file behind a descriptor (Linux); elsewhere the identity is compared.
+_FD_NAMES = Path("/proc/self/fd")
+
+
+def open_input(path: Path, roots: Iterable[Path] | None = None) -> int:
+    """`path` opened for reading as a descriptor, once it is known to be a regular file inside
+    `roots` (resolved directories; None: anywhere). OSError otherwise (EPERM: outside the roots).
+
+    The name is resolved and the result opened without following a link at its end; then the
+    file actually opened is located from its descriptor and checked against the roots, so a link
+    swapped in at the file or at any folder above it, at any moment, is caught. Reading the
+    descriptor (or `/dev/fd/N`) reads the file checked, whatever happens to the name later."""
+    real = os.path.realpath(path)
+    if roots is not None and not _inside(Path(real), list(roots)):
+        raise OSError(errno.EPERM, "leads outside the allowed roots", str(path))
+    if not stat.S_ISREG(os.lstat(real).st_mode):  # before opening: a FIFO or a device has effects
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if roots is not None:
+            try:
+                opened = os.readlink(_FD_NAMES / str(fd))
+            except FileNotFoundError:  # no /proc: the file opened must be the one still named
+                again = os.lstat(real)
+                opened = real if (again.st_dev, again.st_ino) == (info.st_dev, info.st_ino) else ""
+            if not opened or not _inside(Path(opened), list(roots)):
+                raise OSError(errno.EPERM, "leads outside the allowed roots", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def count_inputs(inputs: Iterable[str], **kwargs: object) -> int:

@@ -223,6 +223,7 @@ def _process(
                 "options": options,
                 "force": force,
                 "then": then,
+                "roots": roots,
             },
         )
         counts.update(queued)
@@ -237,7 +238,9 @@ def _process(
             _absorb(done, counts, failed, timing, lost)
         if (fail_fast and failed) or lost:
             break
-        pending.add(process_chunk.submit(job_id, chunk, processor, output, timeout, options, force, then))
+        pending.add(
+            process_chunk.submit(job_id, chunk, processor, output, timeout, options, force, then, roots)
+        )
     for done in as_completed(list(pending)):
         _absorb(done, counts, failed, timing, lost)
     if lost:
@@ -252,7 +255,17 @@ def _process(
         counts["failed"] = len(failed)
     elif failed:
         recover(
-            job_id, failed, processor, fallbacks, output, timeout, retries, retry_delay, max_delay, counts
+            job_id,
+            failed,
+            processor,
+            fallbacks,
+            output,
+            timeout,
+            retries,
+            retry_delay,
+            max_delay,
+            counts,
+            roots,
         )
     duration = time.monotonic() - started
     status = "failed" if counts["dead_lettered"] or counts.get("failed") else "completed"

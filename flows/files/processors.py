@@ -8,6 +8,10 @@
   Schema and written as JSON Lines, with a per-record error report.
 
 Adding a kind means one class here and one branch in `parse_processor`.
+
+The batch opens each input once and checks the file it opened (discover.py: `open_input`); a
+processor is handed that descriptor and reads it, never the input's name: `{input}` and a
+callable's first argument are `/dev/fd/N`, while `{name}` and the output's name are the input's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import importlib
 import io
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -49,10 +54,18 @@ class Processor(Protocol):
         """The output file's name for this input (the directory is the batch's)."""
         ...
 
-    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+    def process(
+        self, input_path: Path, output: Output | None, timeout: float | None, fd: int | None = None
+    ) -> str:
         """Write `output.path` (temporary: renamed into place on success) or raise
-        ProcessingFailed; returns a short note for the record."""
+        ProcessingFailed; returns a short note for the record. `fd`, when given, is the input
+        opened and checked: what is read (`input_path` only names it)."""
         ...
+
+
+def opened_name(input_path: Path, fd: int | None) -> Path:
+    """The name under which the processor reads the input: its descriptor's when it is open."""
+    return input_path if fd is None else Path(f"/dev/fd/{fd}")
 
 
 @dataclass
@@ -111,8 +124,14 @@ class CommandProcessor:
     def output_name(self, input_path: Path) -> str:
         return input_path.name
 
-    def argv_or_script(self, input_path: Path, output_path: Path | None) -> str | list[str]:
-        values = {"input": str(input_path), "output": str(output_path or ""), "name": input_path.name}
+    def argv_or_script(
+        self, input_path: Path, output_path: Path | None, *, name: str | None = None
+    ) -> str | list[str]:
+        values = {
+            "input": str(input_path),
+            "output": str(output_path or ""),
+            "name": input_path.name if name is None else name,
+        }
         slots = iter(self.shape.slots)
 
         def value(match: re.Match[str], slot: Slot) -> str:
@@ -140,12 +159,17 @@ class CommandProcessor:
             pos = match.end()
         return analyse([*parts, self.template[pos:]])
 
-    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
-        command = self.argv_or_script(input_path, output.path if output else None)
+    def process(
+        self, input_path: Path, output: Output | None, timeout: float | None, fd: int | None = None
+    ) -> str:
+        command = self.argv_or_script(
+            opened_name(input_path, fd), output.path if output else None, name=input_path.name
+        )
         errors: list[str] = []
         result = run_command(
             command,
             timeout=timeout,
+            pass_fds=() if fd is None else (fd,),  # the command and what it starts read this file
             on_line=lambda stream, line: errors.append(line) if stream == "stderr" else None,
         )
         if result.timed_out:
@@ -186,9 +210,11 @@ class CallableProcessor:
     def output_name(self, input_path: Path) -> str:
         return input_path.name
 
-    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+    def process(
+        self, input_path: Path, output: Output | None, timeout: float | None, fd: int | None = None
+    ) -> str:
         try:
-            note = self.function(input_path, output.path if output else None)
+            note = self.function(opened_name(input_path, fd), output.path if output else None)
         except Exception as exc:  # the user's function: any error is this file's failure
             raise ProcessingFailed(f"{type(exc).__name__}: {exc}") from None
         return "" if note is None else str(note)
@@ -232,10 +258,12 @@ class RecordsProcessor:
         # a.json and a.csv must not both become a.jsonl
         return input_path.name if input_path.suffix == ".jsonl" else input_path.name + ".jsonl"
 
-    def process(self, input_path: Path, output: Output | None, timeout: float | None) -> str:
+    def process(
+        self, input_path: Path, output: Output | None, timeout: float | None, fd: int | None = None
+    ) -> str:
         from jsonschema import Draft202012Validator
 
-        records = _read_records(input_path)
+        records = _read_records(input_path, fd)
         if input_path.suffix.lower() == ".csv":
             records = [_typed(record, self.schema) for record in records]
         validator = Draft202012Validator(self.schema)
@@ -290,10 +318,15 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
-def _read_records(path: Path) -> list[Any]:
+def _read_records(path: Path, fd: int | None = None) -> list[Any]:
     try:
-        with open_regular(path) as handle:  # an input swapped for a FIFO must not hang the batch
-            text = handle.read().decode("utf-8")
+        if fd is None:
+            with open_regular(path) as handle:  # an input swapped for a FIFO must not hang the batch
+                text = handle.read().decode("utf-8")
+        else:
+            with open(os.dup(fd), "rb") as handle:  # the file opened and checked, from its start
+                handle.seek(0)
+                text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ProcessingFailed("not UTF-8 text (binary file?)") from None
     except OpsflowError as exc:

@@ -34,13 +34,14 @@ def process_chunk_flow(
     options: str,
     force: bool,
     then: str = "",
+    roots: list[str] | None = None,
 ) -> dict[str, int]:
     """One chunk of a queue-mode batch, run by whichever worker takes it. Failed files are
     recorded as `failed`; the batch's own flow retries them and runs the fallbacks."""
     from flows.masking import Masker, environment_secrets, masking
 
     with masking(Masker(environment_secrets())):  # the worker's secrets out of its errors and logs
-        return _chunk(job_id, files, processor, output, timeout, options, force, then)
+        return _chunk(job_id, files, processor, output, timeout, options, force, then, roots)
 
 
 def _chunk(
@@ -52,11 +53,12 @@ def _chunk(
     options: str,
     force: bool,
     then: str = "",
+    roots: list[str] | None = None,
 ) -> dict[str, int]:
     from flows.files import interrupted
     from flows.files.chunks import process_chunk
 
-    result = process_chunk.fn(job_id, files, processor, output, timeout, options, force, then)
+    result = process_chunk.fn(job_id, files, processor, output, timeout, options, force, then, roots)
     interrupted.forget(job_id)  # this worker may take the job's next chunk when the database is back
     if result.lost:
         raise ConnectionFailure(result.lost)  # the batch's own run redoes what this chunk did not record

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from flows.backoff import backoff_delays
 from flows.errors import ConnectionFailure, OpsflowError
-from flows.files.chunks import options_key, processor_for
+from flows.files.chunks import options_key, processor_for, resolved_roots
 from flows.files.discover import InputFile
 from flows.files.report import advance
 from flows.files.work import FileOutcome, attempt, fingerprint
@@ -43,6 +43,7 @@ def retry_file(
     output: str | None,
     timeout: float | None,
     earlier_attempts: int = 0,
+    roots: list[str] | None = None,
 ) -> dict[str, Any]:
     """One more attempt at one file; raising makes Prefect schedule the next retry."""
     from prefect.runtime import task_run
@@ -55,6 +56,7 @@ def retry_file(
         timeout=timeout,
         print_=print_,
         attempts=earlier_attempts + (task_run.run_count or 1),
+        roots=resolved_roots(roots),
     )
     if outcome.status != "completed":
         raise StillFailing(outcome.error)
@@ -78,6 +80,7 @@ def recover(
     retry_delay: float,
     max_delay: float,
     counts: dict[str, int],
+    roots: list[str] | None = None,
 ) -> None:
     """Retry each failed file (Prefect retries, jittered backoff), then each fallback in order,
     then the dead-letter queue."""
@@ -105,7 +108,7 @@ def recover(
         futures = {
             options.with_options(
                 task_run_name=f"{'retry' if index == 0 else 'fallback'}: {Path(path).name}"
-            ).submit(job_id, path, root, print_, spec, output, timeout, 1 if index == 0 else 0): path
+            ).submit(job_id, path, root, print_, spec, output, timeout, 1 if index == 0 else 0, roots): path
             for path, (root, print_, _) in remaining.items()
         }
         for future in as_completed(list(futures)):
@@ -137,7 +140,7 @@ def recover(
                 attempts=(retries + 1) * len(tried[path]),
                 processors=json.dumps(tried[path]),
                 output_dir=output,
-                options=json.dumps({"timeout": timeout, "root": root}),
+                options=json.dumps({"timeout": timeout, "root": root, "roots": roots}),
             )
             store.record_results(
                 db,
@@ -162,21 +165,28 @@ def reprocess_item(item_id: int, processor: str | None, timeout: float | None) -
         spec = processor or tried[0]
         path, output_dir = Path(item.input_path), item.output_dir
         batch_print, batch_job = item.fingerprint, item.job_id
-        root = Path(json.loads(item.options or "{}").get("root") or path.parent)
+        stored = json.loads(item.options or "{}")
+        root = Path(stored.get("root") or path.parent)
+        confined = resolved_roots(stored.get("roots"))  # the batch's roots still hold
     if not path.is_file():
         error = "the input file no longer exists"
         outcome = None
     else:
         proc = processor_for(spec)
-        print_ = fingerprint(path, proc.identity, options_key(spec, [], output_dir))
-        outcome = attempt(
-            InputFile(path, root),
-            proc,
-            output_dir=Path(output_dir) if output_dir else None,
-            timeout=timeout,
-            print_=print_,
-        )
-        error = outcome.error or ""
+        try:
+            print_ = fingerprint(path, proc.identity, options_key(spec, [], output_dir), confined)
+        except OSError as exc:
+            outcome, error = None, f"cannot read: {exc.strerror or exc}"
+        else:
+            outcome = attempt(
+                InputFile(path, root),
+                proc,
+                output_dir=Path(output_dir) if output_dir else None,
+                timeout=timeout,
+                print_=print_,
+                roots=confined,
+            )
+            error = outcome.error or ""
     with session() as db:
         if outcome is not None and outcome.status == "completed":
             store.resolve_dead_letter(db, item_id)

@@ -3,12 +3,12 @@
 The content hash (file bytes + processor identity + options) decides whether a file was
 already processed; the output is written to a temporary name in the target directory and
 renamed into place only when the processor succeeded, so a killed run never leaves a
-half-written output behind.
+half-written output behind. The input is opened once and checked to be inside the batch's roots
+(`open_input`); the processor reads that descriptor, not the name.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import secrets
@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.errors import OpsflowError
-from flows.files.discover import InputFile
+from flows.files.discover import InputFile, open_input
 from flows.files.processors import Output, ProcessingFailed, Processor
-from flows.user_files import open_regular
 
 HASH_CHUNK = 1024 * 1024
 
@@ -47,9 +45,10 @@ class FileOutcome:
         return row | {"job_id": job_id}
 
 
-def fingerprint(path: Path, identity: str, options: str) -> str:
+def fingerprint(path: Path, identity: str, options: str, roots: list[Path] | None = None) -> str:
     """sha256 of the file's path and bytes, the processor's identity and the options that shape
-    output. The path is part of it: two files with the same bytes are still two inputs."""
+    output. The path is part of it: two files with the same bytes are still two inputs.
+    OSError when the file is no longer a regular file inside `roots` (see `open_input`)."""
     digest = hashlib.sha256()
     digest.update(str(path).encode("utf-8", "surrogateescape"))
     digest.update(b"\0")
@@ -57,11 +56,7 @@ def fingerprint(path: Path, identity: str, options: str) -> str:
     digest.update(b"\0")
     digest.update(options.encode())
     digest.update(b"\0")
-    try:
-        opened = open_regular(path)
-    except OpsflowError as exc:  # swapped for a FIFO or a device since discovery: unreadable input
-        raise OSError(errno.EINVAL, exc.message) from None
-    with opened as handle:
+    with open(open_input(path, roots), "rb") as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -110,8 +105,11 @@ def attempt(
     timeout: float | None,
     print_: str,
     attempts: int = 1,
+    roots: list[Path] | None = None,
 ) -> FileOutcome:
-    """Run `processor` on `file` once; never raises for the file's own failure."""
+    """Run `processor` on `file` once; never raises for the file's own failure.
+
+    `roots` (resolved) confine the input: the file opened must be inside one of them."""
     started = datetime.now(UTC)
     clock = time.monotonic()
     final = output_path(file, processor, output_dir)
@@ -132,8 +130,10 @@ def attempt(
         final.parent.mkdir(parents=True, exist_ok=True)
         output = Output(final.with_name(f".opsflow-{secrets.token_hex(4)}-{final.name}"), final)
     produced: Path | None = None
+    fd: int | None = None
     try:
-        note = processor.process(file.path, output, timeout)
+        fd = open_input(file.path, roots)
+        note = processor.process(file.path, output, timeout, fd)
         if output is not None:
             # `{output}` or `{output}.gz`: whatever the processor made of the temporary name is
             # renamed to the same thing made of the final name.
@@ -154,6 +154,8 @@ def attempt(
             "",
         )
     finally:
+        if fd is not None:
+            os.close(fd)
         if output is not None:
             for temporary, destination in output.sides.items():
                 if temporary.exists():

@@ -154,10 +154,12 @@ def run_command(
     memory_limit: int | None = None,
     on_start: Callable[[int], None] | None = None,
     mask: Callable[[str], str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> CommandResult:
     """Run `text` and wait; stdout is returned (capped), every line goes to `on_line`.
 
     `on_start` is called with the command's process (and process group) id once it runs.
+    `pass_fds` are descriptors the command inherits under the same numbers (`/dev/fd/N`).
 
     `mask` (default: the secrets of every run masking in this process, flows/masking.py) is
     applied to each whole line before a long one is cut, so the cut never splits a secret.
@@ -166,7 +168,9 @@ def run_command(
     more than it touches (Python ~30-60 MB, JVMs, Go) needs a reservation above its real use.
     """
     with private_script(text) as script_fd:
-        return _run(text, script_fd, shell, timeout, on_line, env, cwd, memory_limit, on_start, mask)
+        return _run(
+            text, script_fd, shell, timeout, on_line, env, cwd, memory_limit, on_start, mask, pass_fds
+        )
 
 
 def _run(
@@ -180,6 +184,7 @@ def _run(
     memory_limit: int | None,
     on_start: Callable[[int], None] | None,
     mask: Callable[[str], str] | None,
+    pass_fds: tuple[int, ...],
 ) -> CommandResult:
     argv, script = shell_argv(text, shell, script_fd)
     allocation_failed = ""
@@ -205,7 +210,7 @@ def _run(
             stderr=subprocess.PIPE,
             env=env,
             cwd=cwd,
-            pass_fds=() if script_fd is None else (script_fd,),
+            pass_fds=(*pass_fds, *(() if script_fd is None else (script_fd,))),
         )
     except (FileNotFoundError, PermissionError) as exc:
         if on_line:
