@@ -341,7 +341,12 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8787,
     allow_host: Annotated[
         list[str] | None,
-        typer.Option("--allow-host", help="Host url_submitted may download from (repeatable)."),
+        typer.Option(
+            "--allow-host",
+            help="Host name, address or network url_submitted may download from, with :PORT for a "
+            "port other than 80 and 443 (repeatable). Loopback, private and link-local addresses "
+            "only when listed as addresses or networks.",
+        ),
     ] = None,
     callback_host: Annotated[
         list[str] | None,
@@ -418,6 +423,7 @@ def serve(
         from flows.files.webhook_callback import CallbackHosts
 
         callback_hosts = CallbackHosts.parse([*(callback_host or []), *settings.webhook_callback_hosts])
+        CallbackHosts.parse(allow_host or [])  # a malformed entry (`host:port`) fails here, not per event
         ensure_api(settings.server, settings.server_port, console.info)
     except OpsflowError as err:
         console.error(str(err))

@@ -7,7 +7,8 @@ POST /webhook with a JSON event and `X-Opsflow-Signature: t=<unix seconds>,v1=<h
 Events:
 - `file_uploaded` {file_path}: process that file;
 - `batch_request` {inputs: [...]}: process those files/directories;
-- `url_submitted` {source_url}: download it (hosts on the allow-list only) and process it.
+- `url_submitted` {source_url}: download it (hosts, addresses and ports on the allow-list only,
+  redirects checked hop by hop, see webhook_callback.py) into `incoming/` and process it.
 Every path must resolve inside an allowed root, and the batch walks directories under the same
 roots, so a link out of a root is refused at any depth. An event id is accepted once (replays
 get 409, see flows/records/webhooks.py). The answer is 202 with the event id; the batch runs as a
@@ -18,15 +19,16 @@ The HTTP limits (sizes, timeouts, connections) are in webhook_http.py.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
 import threading
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,7 +39,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from flows.files.webhook_callback import CallbackHosts, check_callback, post_checked
+from flows.files.webhook_callback import (
+    DOWNLOAD,
+    CallbackHosts,
+    check_callback,
+    check_url,
+    fetch_checked,
+    post_checked,
+)
 from flows.files.webhook_http import HttpLimits, LimitedServer, Rejected, read_body
 from flows.files.webhook_signature import (
     DEFAULT_TOLERANCE,
@@ -52,7 +61,11 @@ from flows.secrets import reveal
 __all__ = ["IntakeConfig", "Rejected", "download", "handle_event", "make_server", "parse_event", "signature"]
 
 MAX_DOWNLOAD = 100 * 1024 * 1024
+DOWNLOAD_TIMEOUT = 30.0
 CALLBACK_TIMEOUT = 10.0
+#: Bytes of a file name kept free for what the batch adds to an input's name (`.opsflow-<hex>-`
+#: temporaries, `.errors.jsonl` reports, a template's `{output}.gz`).
+NAME_ROOM = 40
 EVENTS = ("file_uploaded", "batch_request", "url_submitted")
 #: What an event id may be: it names the download file and the flow run, so no separators, no
 #: leading dot, nothing a shell or a path would read specially.
@@ -68,7 +81,7 @@ class IntakeConfig:
     roots: tuple[Path, ...]
     processor: str
     output: str | None
-    allow_hosts: frozenset[str] = frozenset()
+    allow_hosts: frozenset[str] = frozenset()  # names, addresses, networks, with :port (webhook_callback.py)
     deployment: str | None = None
     batch: dict[str, Any] = field(default_factory=dict)  # other process_files parameters
     previous_secrets: tuple[bytes, ...] = ()  # still accepted while senders rotate to `secret`
@@ -127,75 +140,123 @@ def parse_event(
         inputs = [_inside_roots(config, item) for item in raw]
     else:
         url = event.get("source_url")
-        host = urllib.parse.urlsplit(url).hostname if isinstance(url, str) else None
-        if urllib.parse.urlsplit(url or "").scheme not in ("http", "https") or not host:
+        if not isinstance(url, str) or not url:
             raise Rejected(400, "url_submitted needs an http(s) `source_url`")
-        if host not in config.allow_hosts:
-            raise Rejected(403, f"host {host!r} is not on the allow-list")
+        check_url(url, CallbackHosts.parse(config.allow_hosts), DOWNLOAD)
+        download_name(url, event_id, _name_max(config.roots[0]))
         inputs = []
     return {"id": event_id, "replay_key": replay_key, "kind": kind, "inputs": inputs, "event": event}
+
+
+def _shown(raw: str) -> str:
+    return repr(raw if len(raw) <= 80 else raw[:60] + "...")
 
 
 def _inside_roots(config: IntakeConfig, raw: Any) -> str:
     if not isinstance(raw, str) or not raw or "\x00" in raw:
         raise Rejected(400, "a path must be a non-empty string")
     path = Path(raw)
-    resolved = (path if path.is_absolute() else config.roots[0] / path).resolve()
-    if not any(resolved == root or root in resolved.parents for root in config.roots):
-        raise Rejected(403, f"{raw!r} is outside the allowed roots")
-    if not resolved.exists():
-        raise Rejected(404, f"{raw!r} does not exist")
+    try:
+        resolved = (path if path.is_absolute() else config.roots[0] / path).resolve()
+        if not any(resolved == root or root in resolved.parents for root in config.roots):
+            raise Rejected(403, f"{_shown(raw)} is outside the allowed roots")
+        if not resolved.exists():
+            raise Rejected(404, f"{_shown(raw)} does not exist")
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise Rejected(
+                400, f"{_shown(raw)}: a name in it, or the whole path, is longer than the file system allows"
+            ) from None
+        raise Rejected(400, f"{_shown(raw)}: {exc.strerror or exc}") from None
     return str(resolved)
 
 
-class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect may not lead off the allow-list (nor off http/https)."""
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of `folder` takes."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
 
-    def __init__(self, hosts: frozenset[str]) -> None:
-        self.hosts = hosts
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        target = urllib.parse.urlsplit(newurl)
-        if target.scheme not in ("http", "https") or target.hostname not in self.hosts:
-            raise Rejected(403, f"redirect to {target.hostname!r} is not on the allow-list")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+def download_name(url: str, event_id: str, name_max: int = 255) -> str:
+    """`<event id>-<the URL's file name>`: a plain name that fits the file system with room for
+    what the batch adds to it (the URL's part is shortened); Rejected(400) if the id cannot fit."""
+    room = name_max - NAME_ROOM - len(event_id) - 1
+    if room < 8:
+        raise Rejected(400, f"the event id is too long for file names here ({name_max} bytes at most)")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urllib.parse.urlsplit(url).path).name).lstrip(".")
+    return f"{event_id}-{name[: min(100, room)] or 'download'}"
+
+
+def _open_incoming(root: Path) -> int:
+    """`incoming/` under `root` (made if missing) as a directory descriptor; a link there, to
+    anywhere, is refused (403)."""
+    folder = root / "incoming"
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir("incoming", dir_fd=top)
+        return os.open("incoming", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Rejected(403, f"{folder} must be a directory inside {root}, not a link") from None
+        raise Rejected(403, f"cannot use {folder}: {exc.strerror}") from None
+    finally:
+        os.close(top)
 
 
 def download(config: IntakeConfig, url: str, event_id: str) -> str:
     """Fetch an allow-listed URL into the first root's `incoming/` (size-capped, with a timeout).
 
-    The file is written under a temporary name in the resolved `incoming/` and renamed into
-    place, so neither the event id, the URL's file name, nor a link planted in `incoming/` can
-    make it land anywhere else."""
+    Every address, port and redirect is checked (webhook_callback.py). `incoming/` is opened
+    once without following links, and the file is created in that very directory under a new
+    temporary name (O_CREAT|O_EXCL|O_NOFOLLOW) and renamed into place there, so neither the event
+    id, the URL's file name, nor a link planted at or in `incoming/`, before or during the
+    download, can make it land anywhere else."""
     if not EVENT_ID.fullmatch(event_id):
         raise Rejected(400, "the event id is not a safe file name")
+    allowed = CallbackHosts.parse(config.allow_hosts)
+    check_url(url, allowed, DOWNLOAD)  # before anything is made; every hop is checked again
     root = config.roots[0].resolve()
-    folder = root / "incoming"
+    folder = _open_incoming(root)
     try:
-        folder.mkdir(exist_ok=True)
-        real = folder.resolve(strict=True)
-    except OSError as exc:
-        raise Rejected(403, f"cannot use {folder}: {exc.strerror}") from None
-    if real != root / "incoming" or not real.is_dir():
-        raise Rejected(403, f"{folder} must be a directory inside {root}, not a link out of it")
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urllib.parse.urlsplit(url).path).name).lstrip(".")[:100]
-    target = real / f"{event_id}-{name or 'download'}"
-    if target.parent != real:
-        raise Rejected(400, "the download's file name is not a plain name")
-    opener = urllib.request.build_opener(_AllowListRedirects(config.allow_hosts))
-    with opener.open(url, timeout=30) as response:
-        data = response.read(MAX_DOWNLOAD + 1)
-    if len(data) > MAX_DOWNLOAD:
-        raise Rejected(413, "the download is larger than 100 MiB")
-    handle, temporary = tempfile.mkstemp(dir=real, prefix=".opsflow-download-")
+        name = download_name(url, event_id, _name_max(root))
+        temporary = f".opsflow-download-{secrets.token_hex(8)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        handle = os.open(temporary, flags, 0o600, dir_fd=folder)
+        try:
+            with open(handle, "wb") as out:
+                size = 0
+
+                def write(chunk: bytes) -> None:
+                    nonlocal size
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD:
+                        raise Rejected(413, "the download is larger than 100 MiB")
+                    out.write(chunk)
+
+                fetch_checked(url, allowed, DOWNLOAD_TIMEOUT, write)
+            # replaces a link at the final name itself, never its destination
+            os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+        return str(_where(folder, root) / name)
+    finally:
+        os.close(folder)
+
+
+def _where(folder: int, root: Path) -> Path:
+    """Where the directory descriptor `folder` is now (it may have been moved): inside `root`."""
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, target)  # replaces a link at `target` itself, never its destination
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return str(target)
+        now = Path(os.readlink(f"/proc/self/fd/{folder}"))
+    except OSError:
+        return root / "incoming"
+    if not (now == root or root in now.parents):
+        raise Rejected(403, f"{root / 'incoming'} was moved out of {root} during the download")
+    return now
 
 
 @task(name="callback", cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=[1, 2, 4])
@@ -340,7 +401,14 @@ def make_app(config: IntakeConfig) -> Any:
             except SignatureRefused as exc:
                 raise Rejected(401, str(exc)) from None
             body = await read_body(request, config.limits)
-            accepted = await run_in_threadpool(parse_event, config, body, request.headers.get(HEADER), now)
+            try:
+                accepted = await run_in_threadpool(
+                    parse_event, config, body, request.headers.get(HEADER), now
+                )
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                raise Rejected(400, "a name in the event is longer than the file system allows") from None
             if not await run_in_threadpool(_first_delivery, accepted["replay_key"], config.tolerance):
                 raise Rejected(409, f"event {accepted['id']!r} was already received")
         except Rejected as exc:

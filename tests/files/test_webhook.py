@@ -172,13 +172,22 @@ def test_bad_requests_over_http_start_nothing(intake, config):
     assert not Path(config.output).exists()
 
 
-def test_url_submitted_downloads_from_an_allowed_host(intake, config, tmp_path):
+def test_url_submitted_downloads_from_an_allowed_host(config, prefect_api, tmp_path, monkeypatch):
+    import dataclasses
+
     site = tmp_path / "site"
     site.mkdir()
     (site / "report.csv").write_text("id,email\n1,a@b\n")
     files = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(site)))
     files.RequestHandlerClass.log_message = lambda *a: None
     threading.Thread(target=files.serve_forever, daemon=True).start()
+    # A port other than 80 and 443 is allowed only when listed with it.
+    config = dataclasses.replace(config, allow_hosts=frozenset({f"127.0.0.1:{files.server_port}"}))
+    monkeypatch.setenv("OPSFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPSFLOW_DATABASE_URL", raising=False)
+    server = make_server(config, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    intake = f"http://127.0.0.1:{server.server_port}/webhook"
     receiver = Receiver()
     try:
         raw = body(
@@ -193,11 +202,14 @@ def test_url_submitted_downloads_from_an_allowed_host(intake, config, tmp_path):
         receiver.close()
         files.shutdown()
         files.server_close()
+        server.shutdown()
+        server.server_close()
     assert result["status"] == "completed" and result["result"]["processed"] == 1
     assert (Path(config.output) / "evt-2-report.csv").read_text() == "id,email\n1,a@b\n"
 
 
 def test_a_redirect_cannot_leave_the_allow_list(config, tmp_path):
+    import dataclasses
     from http.server import BaseHTTPRequestHandler
 
     from flows.files.webhook import download
@@ -214,9 +226,14 @@ def test_a_redirect_cannot_leave_the_allow_list(config, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
+        listed = config.allow_hosts | {f"127.0.0.1:{server.server_port}"}
         with pytest.raises(Rejected) as info:
-            download(config, f"http://127.0.0.1:{server.server_port}/go", "ev1")
-        assert info.value.status == 403
+            download(
+                dataclasses.replace(config, allow_hosts=listed),
+                f"http://127.0.0.1:{server.server_port}/go",
+                "ev1",
+            )
+        assert info.value.status == 403 and "localhost" in str(info.value)
     finally:
         server.shutdown()
         server.server_close()

@@ -12,16 +12,18 @@ import json
 import socket
 import threading
 import time
+import types
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from flows.files.webhook import IntakeConfig, Rejected, download, make_server, signature
+from flows.files import webhook_callback
+from flows.files.webhook import IntakeConfig, Rejected, download, make_server, parse_event, signature
 from tests.receivers import Receiver
 
 SECRET = b"s3cret-s3cret-s3cret"
@@ -358,13 +360,19 @@ def file_site(tmp_path) -> Iterator[str]:
     files.server_close()
 
 
+def listing(config: IntakeConfig, site: str) -> IntakeConfig:
+    """`config` with the site's port allowed too (`127.0.0.1` alone allows 80 and 443)."""
+    port = site.rsplit(":", 1)[1]
+    return dataclasses.replace(config, allow_hosts=config.allow_hosts | {f"127.0.0.1:{port}"})
+
+
 def test_a_download_never_follows_a_link_planted_as_incoming(config, tmp_path, file_site):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (config.roots[0] / "incoming").symlink_to(elsewhere)
     with pytest.raises(Rejected) as info:
-        download(config, f"{file_site}/f.txt", "evt-1")
-    assert info.value.status == 403
+        download(listing(config, file_site), f"{file_site}/f.txt", "evt-1")
+    assert info.value.status == 403 and "incoming" in str(info.value)
     assert list(elsewhere.iterdir()) == []
 
 
@@ -374,9 +382,166 @@ def test_a_download_replaces_a_planted_link_instead_of_writing_through_it(config
     victim = tmp_path / "victim.txt"
     victim.write_text("untouched\n")
     (incoming / "evt-1-f.txt").symlink_to(victim)
-    written = Path(download(config, f"{file_site}/f.txt", "evt-1"))
+    written = Path(download(listing(config, file_site), f"{file_site}/f.txt", "evt-1"))
     assert written.parent == incoming and written.read_text() == "downloaded\n"
     assert victim.read_text() == "untouched\n"
+
+
+def serve_handler(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_link_swapped_in_for_incoming_during_the_download_is_never_written_through(config, tmp_path):
+    root = config.roots[0]
+    (root / "incoming").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    class Swapping(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - while the file is on its way, incoming/ becomes a link
+            (root / "incoming").rename(root / "incoming.old")
+            (root / "incoming").symlink_to(elsewhere)
+            self.send_response(200)
+            self.send_header("Content-Length", "11")
+            self.end_headers()
+            self.wfile.write(b"downloaded\n")
+
+    server = serve_handler(Swapping)
+    try:
+        site = f"http://127.0.0.1:{server.server_port}"
+        written = Path(download(listing(config, site), f"{site}/f.txt", "evt-1"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(elsewhere.iterdir()) == []
+    assert root in written.parents and written.read_text() == "downloaded\n"
+
+
+# --- names longer than the file system takes: refused with a reason -------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event_type": "file_uploaded", "file_path": "x" * 300},
+        {"event_type": "file_uploaded", "file_path": "/".join(["d" * 200] * 30)},
+        {"event_type": "batch_request", "inputs": ["sub", "sub/" + "y" * 256]},
+    ],
+    ids=["long-name", "long-path", "long-input"],
+)
+def test_an_over_long_name_is_400_with_a_reason(config, serve, fields):
+    port = serve(config)
+    raw = event(id=f"evt-{uuid.uuid4().hex[:8]}", **fields)
+    status, answer = exchange(port, request(raw, signature(SECRET, raw)))
+    assert status == 400, answer
+    assert b"longer than the file system allows" in answer
+
+
+# --- downloads: the same address checks as callbacks, on every hop ----------------------------
+
+
+def url_event(url: str) -> bytes:
+    return event(event_type="url_submitted", id=f"evt-{uuid.uuid4().hex[:8]}", source_url=url)
+
+
+@pytest.mark.parametrize(
+    ("listed", "url", "status", "reason"),
+    [
+        ({"localhost"}, "http://localhost/f.txt", 403, "non-public address"),  # listed name -> loopback
+        ({"127.0.0.1"}, "http://127.0.0.1:8080/f.txt", 403, "port 8080"),  # a port nobody listed
+        ({"127.0.0.1"}, "http://127.0.0.1:22/f.txt", 403, "port 22"),
+        ({"127.0.0.1:8080"}, "http://127.0.0.1:8081/f.txt", 403, "port 8081"),
+        ({"10.0.0.0/8"}, "http://169.254.169.254/latest/meta-data/", 403, "not on the download allow-list"),
+        ({"127.0.0.1"}, "http://user:pw@127.0.0.1/f.txt", 400, "user name or password"),
+    ],
+)
+def test_a_download_url_gets_the_callback_address_checks(config, listed, url, status, reason):
+    raw = url_event(url)
+    with pytest.raises(Rejected) as info:
+        parse_event(dataclasses.replace(config, allow_hosts=frozenset(listed)), raw, signature(SECRET, raw))
+    assert info.value.status == status and reason in str(info.value)
+    assert "pw" not in str(info.value)
+
+
+def test_a_redirect_to_a_listed_name_that_resolves_to_loopback_is_refused(config):
+    reached = []
+
+    class Internal(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            reached.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"internal\n")
+
+    internal = serve_handler(Internal)
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{internal.server_port}/admin")
+            self.end_headers()
+
+    outer = serve_handler(Redirect)
+    site = f"http://127.0.0.1:{outer.server_port}"
+    allowed = dataclasses.replace(
+        listing(config, site), allow_hosts=listing(config, site).allow_hosts | {"localhost"}
+    )
+    try:
+        with pytest.raises(Rejected) as info:
+            download(allowed, f"{site}/go", "evt-1")
+    finally:
+        for server in (outer, internal):
+            server.shutdown()
+            server.server_close()
+    assert info.value.status == 403
+    assert reached == []
+
+
+def test_a_download_connects_to_the_address_it_checked(config, monkeypatch):
+    """A name whose DNS answer changes after the check (rebinding) is still fetched from the
+    address that was checked."""
+    import socket as sockets
+
+    class Site(BaseHTTPRequestHandler):
+        text = b""
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.text)))
+            self.end_headers()
+            self.wfile.write(self.text)
+
+    good = serve_handler(type("Good", (Site,), {"text": b"checked\n"}))
+    evil = ThreadingHTTPServer(("127.0.0.2", good.server_port), type("Evil", (Site,), {"text": b"rebound\n"}))
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    real = sockets.getaddrinfo
+
+    def answering(address: str):
+        def getaddrinfo(host, port, *args, **kwargs):
+            return real(address if host == "files.example" else host, port, *args, **kwargs)
+
+        return getaddrinfo
+
+    # The checks hear 127.0.0.1; any later lookup of the name (a connection by name) 127.0.0.2.
+    checker = types.SimpleNamespace(
+        getaddrinfo=answering("127.0.0.1"), gaierror=sockets.gaierror, SOCK_STREAM=sockets.SOCK_STREAM
+    )
+    monkeypatch.setattr(webhook_callback, "socket", checker)
+    monkeypatch.setattr(sockets, "getaddrinfo", answering("127.0.0.2"))
+    allowed = dataclasses.replace(
+        config, allow_hosts=frozenset({f"files.example:{good.server_port}", "127.0.0.1"})
+    )
+    try:
+        written = Path(download(allowed, f"http://files.example:{good.server_port}/f.txt", "evt-1"))
+    finally:
+        for server in (good, evil):
+            server.shutdown()
+            server.server_close()
+    assert written.read_text() == "checked\n"
 
 
 def test_an_output_is_never_written_through_a_link_in_the_output_directory(tmp_path):
