@@ -10,12 +10,16 @@
 Adding a kind means one class here and one branch in `parse_processor`.
 
 The batch opens each input once and checks the file it opened (discover.py: `open_input`); a
-processor is handed that descriptor and reads it, never the input's name: `{input}` and a
-callable's first argument are `/dev/fd/N`, while `{name}` and the output's name are the input's.
+processor is handed that descriptor and reads it, never the input's own path: `{input}` and a
+callable's first argument are `<private directory>/<the input's name>`, a link to
+`/proc/self/fd/N` (the descriptor, which commands inherit) in a directory only this user can
+change, so names and extensions read as before while a link swapped in at the input leads nowhere.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import csv
 import hashlib
 import importlib
@@ -24,6 +28,10 @@ import json
 import os
 import re
 import shlex
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,9 +71,39 @@ class Processor(Protocol):
         ...
 
 
-def opened_name(input_path: Path, fd: int | None) -> Path:
-    """The name under which the processor reads the input: its descriptor's when it is open."""
-    return input_path if fd is None else Path(f"/dev/fd/{fd}")
+_FD_NAMES = Path("/proc/self/fd")
+_private: str | None = None
+_private_lock = threading.Lock()
+
+
+def _private_dir() -> str:
+    """A 0700 directory of this process's own, removed when it exits."""
+    global _private
+    with _private_lock:
+        if _private is None or not os.path.isdir(_private):
+            _private = tempfile.mkdtemp(prefix="opsflow-inputs-")
+            atexit.register(shutil.rmtree, _private, True)
+        return _private
+
+
+@contextlib.contextmanager
+def opened_name(input_path: Path, fd: int | None) -> Iterator[Path]:
+    """The name under which the processor reads the input: with `fd`, a link named like the input
+    to `/proc/self/fd/<fd>` (in this process and in a command that inherits `fd`, the file opened),
+    in a fresh directory under `_private_dir()`; `/dev/fd/<fd>` where /proc is missing."""
+    if fd is None:
+        yield input_path
+        return
+    if not _FD_NAMES.is_dir():
+        yield Path(f"/dev/fd/{fd}")
+        return
+    holder = tempfile.mkdtemp(dir=_private_dir())
+    try:
+        link = Path(holder, input_path.name)
+        os.symlink(f"/proc/self/fd/{fd}", link)
+        yield link
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 @dataclass
@@ -162,16 +200,15 @@ class CommandProcessor:
     def process(
         self, input_path: Path, output: Output | None, timeout: float | None, fd: int | None = None
     ) -> str:
-        command = self.argv_or_script(
-            opened_name(input_path, fd), output.path if output else None, name=input_path.name
-        )
         errors: list[str] = []
-        result = run_command(
-            command,
-            timeout=timeout,
-            pass_fds=() if fd is None else (fd,),  # the command and what it starts read this file
-            on_line=lambda stream, line: errors.append(line) if stream == "stderr" else None,
-        )
+        with opened_name(input_path, fd) as readable:
+            command = self.argv_or_script(readable, output.path if output else None, name=input_path.name)
+            result = run_command(
+                command,
+                timeout=timeout,
+                pass_fds=() if fd is None else (fd,),  # the command and what it starts read this file
+                on_line=lambda stream, line: errors.append(line) if stream == "stderr" else None,
+            )
         if result.timed_out:
             raise ProcessingFailed(f"timed out after {timeout:g}s (process group killed)")
         if result.exit_code != 0:
@@ -214,7 +251,8 @@ class CallableProcessor:
         self, input_path: Path, output: Output | None, timeout: float | None, fd: int | None = None
     ) -> str:
         try:
-            note = self.function(opened_name(input_path, fd), output.path if output else None)
+            with opened_name(input_path, fd) as readable:
+                note = self.function(readable, output.path if output else None)
         except Exception as exc:  # the user's function: any error is this file's failure
             raise ProcessingFailed(f"{type(exc).__name__}: {exc}") from None
         return "" if note is None else str(note)

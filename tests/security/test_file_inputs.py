@@ -82,3 +82,19 @@ def test_a_file_swapped_while_its_processor_runs_is_read_as_opened(tree, tmp_pat
     out = tmp_path / "out"
     summary = run_batch(root, out, "b.txt", f"ln -sfn {outside / 'shadow'} {root / 'b.txt'}")
     assert copied(out) == {"a.txt": "a\n", "b.txt": "b\n", "sub/c.txt": "c\n"}, summary
+
+
+def test_the_processor_reads_the_opened_file_under_the_input_s_own_name(tree, tmp_path):
+    """`{input}` names the opened file, yet ends in the input's name (extensions still tell)."""
+    from flows.files.discover import InputFile
+    from flows.files.processors import parse_processor
+    from flows.files.work import attempt
+
+    root, _ = tree
+    out = tmp_path / "out"
+    processor = parse_processor('sh -c \'basename "$1" > "$2"; cat "$1" >> "$2"\' _ {input} {output}')
+    outcome = attempt(
+        InputFile(root / "a.txt", root), processor, output_dir=out, timeout=60, print_="x", roots=[root]
+    )
+    assert outcome.status == "completed", outcome.error
+    assert (out / "a.txt").read_text() == "a.txt\na\n"
