@@ -223,7 +223,9 @@ def _process(
                 "options": options,
                 "force": force,
                 "then": then,
-                "roots": roots,
+                # only when confined: a chunk deployment made before roots existed still takes
+                # unconfined batches, and refuses a confined one instead of running it unchecked
+                **({"roots": roots} if roots else {}),
             },
         )
         counts.update(queued)
