@@ -71,39 +71,47 @@ class Processor(Protocol):
         ...
 
 
-_FD_NAMES = Path("/proc/self/fd")
+_HAS_FD_NAMES = os.path.isdir("/proc/self/fd")
 _private: str | None = None
 _private_lock = threading.Lock()
+_per_thread = threading.local()
 
 
-def _private_dir() -> str:
-    """A 0700 directory of this process's own, removed when it exits."""
+def _thread_dir() -> str:
+    """A directory of this thread's own inside a 0700 directory of this process (removed when
+    it exits): one attempt at a time runs in a thread, so its link's name is free there."""
     global _private
+    folder = getattr(_per_thread, "folder", None)
+    if folder is not None and os.path.isdir(folder):
+        return folder
     with _private_lock:
         if _private is None or not os.path.isdir(_private):
             _private = tempfile.mkdtemp(prefix="opsflow-inputs-")
             atexit.register(shutil.rmtree, _private, True)
-        return _private
+        _per_thread.folder = tempfile.mkdtemp(dir=_private)
+    return _per_thread.folder
 
 
 @contextlib.contextmanager
 def opened_name(input_path: Path, fd: int | None) -> Iterator[Path]:
     """The name under which the processor reads the input: with `fd`, a link named like the input
-    to `/proc/self/fd/<fd>` (in this process and in a command that inherits `fd`, the file opened),
-    in a fresh directory under `_private_dir()`; `/dev/fd/<fd>` where /proc is missing."""
+    to `/proc/self/fd/<fd>` (in this process and in a command that inherits `fd`, the file opened)
+    in a private directory; `/dev/fd/<fd>` where /proc is missing."""
     if fd is None:
         yield input_path
         return
-    if not _FD_NAMES.is_dir():
+    if not _HAS_FD_NAMES:
         yield Path(f"/dev/fd/{fd}")
         return
-    holder = tempfile.mkdtemp(dir=_private_dir())
+    link = os.path.join(_thread_dir(), input_path.name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)  # left by an attempt that did not end (its thread was interrupted)
+    os.symlink(f"/proc/self/fd/{fd}", link)
     try:
-        link = Path(holder, input_path.name)
-        os.symlink(f"/proc/self/fd/{fd}", link)
-        yield link
+        yield Path(link)
     finally:
-        shutil.rmtree(holder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(link)
 
 
 @dataclass
