@@ -148,7 +148,7 @@ def _prepare(
     file: Path, sets: list[str], params: list[str], env: str | None, parallel: int | None, workflow_id: str
 ):
     """Load, analyse, bind and plan: everything before Prefect, so bad input fails fast."""
-    from flows.masking import Masker
+    from flows.masking import Masker, masked_error
     from flows.settings import get_settings
     from flows.workflow.check import analyse
     from flows.workflow.load import load_workflow
@@ -167,8 +167,13 @@ def _prepare(
         workflow_id=workflow_id,
     )
     bound.warnings[:0] = analysis.warnings
-    plan = plan_workflow(loaded, analysis.graph, bound, parallel=parallel or settings.parallel)
-    return loaded, values, plan, settings, Masker.for_parameters(bound.parameters, bound.is_secret)
+    mask = Masker.for_parameters(bound.parameters, bound.is_secret)
+    mask.add(bound.derived_secrets.values())
+    try:
+        plan = plan_workflow(loaded, analysis.graph, bound, parallel=parallel or settings.parallel)
+    except OpsflowError as err:  # a step's `when` may quote what a secret made
+        raise masked_error(err, mask) from None
+    return loaded, values, plan, settings, mask
 
 
 def _print_plan(console: Console, plan, mask, *, json_output: bool, dry_run: bool = False) -> None:

@@ -89,6 +89,8 @@ def _forms(value: Any) -> set[str]:
         for item in items:
             forms |= _forms(item)
         return {f for f in forms if len(f) >= SHORTEST}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # a secret typed `int`/`float` is printed as its digits
     if not isinstance(value, str):
         return set()
     forms = {value, value.strip(), *value.splitlines()}

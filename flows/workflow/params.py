@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flows.errors import ValidationError
+from flows.errors import OpsflowError, ValidationError
+from flows.masking import Masker, masked_error
 from flows.secrets import MASKED, is_secret_name, reference, resolve_reference, reveal, scrub_text
 from flows.workflow.load import LoadedWorkflow
 from flows.workflow.spec import Parameter
@@ -38,9 +39,18 @@ class Bound:
     warnings: list[str] = field(default_factory=list)
     secrets: frozenset[str] = frozenset()
     references: dict[str, str] = field(default_factory=dict)
+    derived_secrets: dict[str, Any] = field(default_factory=dict)  # variables made from secrets
 
     def is_secret(self, name: str) -> bool:
         return name in self.secrets
+
+    def secret_values(self) -> list[Any]:
+        """What a run must mask: secret parameters' values (not references, which hold none) and
+        the variables made from them."""
+        return [
+            *(v for k, v in self.parameters.items() if self.is_secret(k) and not reference(v)),
+            *self.derived_secrets.values(),
+        ]
 
     def shown_parameters(self) -> dict[str, Any]:
         """The parameters as `plan` shows them: a secret is its reference or `**********`."""
@@ -310,12 +320,36 @@ def bind(
         "outputs": {},
         "logical_date": logical_date or datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    derived: dict[str, Any] = {}
+    try:
+        _derive(loaded, context, secrets, derived)
+    except OpsflowError as err:  # a condition's or variable's error may quote what a secret made
+        raise masked_error(
+            err, Masker([*(params[n] for n in secrets if n in params), *derived.values()])
+        ) from None
+    return Bound(
+        context=context,
+        parameters=params,
+        warnings=warnings,
+        secrets=secrets,
+        references=references,
+        derived_secrets=derived,
+    )
+
+
+def _derive(
+    loaded: LoadedWorkflow, context: dict[str, Any], secrets: frozenset[str], derived: dict[str, Any]
+) -> None:
+    """Variables and conditions into `context`; a variable made from a secret (or from such a
+    variable) is a secret too, its value in `derived`."""
+    spec = loaded.spec
     for key, value in spec.variables.items():
         if isinstance(value, str) and is_template(value):
             where = loaded.where(("variables", key))
-            context[key] = compile_template(
-                value, where=where, line=loaded.line(("variables", key))
-            ).evaluate(context)
+            template = compile_template(value, where=where, line=loaded.line(("variables", key)))
+            context[key] = template.evaluate(context)
+            if template.names() & (secrets | derived.keys()):
+                derived[key] = context[key]
         else:
             context[key] = value
     for index, cond in enumerate(spec.conditions):
@@ -329,9 +363,6 @@ def bind(
             )
         context[cond.name] = template.truth(context)
     _check_rules(loaded, context)
-    return Bound(
-        context=context, parameters=params, warnings=warnings, secrets=secrets, references=references
-    )
 
 
 def _check_options(loaded: LoadedWorkflow, params: Mapping[str, Any]) -> dict[str, Any]:

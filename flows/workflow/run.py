@@ -147,7 +147,7 @@ def _run(
         logical_date=logical_date,
         resolve=("env", "block"),
     )
-    mask.add(v for k, v in bound.parameters.items() if bound.is_secret(k))
+    mask.add(bound.secret_values())
     for warning in [*analysis.warnings, *bound.warnings]:
         logger.warning(warning)
     workflow_state.await_leftovers(loaded.spec.name, resume_from, logger)

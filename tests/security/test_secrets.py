@@ -966,3 +966,54 @@ def test_a_password_holding_an_at_sign_is_masked_whole():
         == "connecting to postgresql://app:***@db.internal:5432/app now"
     )
     assert password not in redacted(url) and redacted(url).endswith("@db.internal:5432/app")
+
+
+# -- secrets that are numbers, conditions that quote what they rendered, variables made of secrets --
+NOT_TEXT = """\
+name: not-text
+parameters:
+  - name: pin_code
+    type: int
+    secret: true
+  - name: api_token
+    required: true
+variables:
+  token_upper: "{{ .api_token | upper }}"
+  header: "Bearer {{ .token_upper }}"
+steps:
+  - name: show
+    command: echo {{ .pin_code }} {{ .token_upper }} {{ .header }}
+"""
+
+
+def test_a_secret_typed_int_is_masked_like_text():
+    from flows.masking import Masker
+
+    assert Masker([987654])("pin 987654 and 9876543.5") == "pin ********** and **********3.5"
+    assert Masker([2.5e9])("2500000000.0") == "**********"
+
+
+def test_secrets_that_are_numbers_or_made_from_secrets_never_show_in_plan(write_workflow, capsys):
+    path = write_workflow(NOT_TEXT)
+    assert (
+        cli("plan", str(path), "--set", "pin_code=987654", "--param", "api_token=normalsecret2", "--json")
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "echo ********** ********** '**********'" in out  # a variable made of one is one
+    assert not [v for v in ("987654", "normalsecret2", "NORMALSECRET2") if v in out], out
+
+
+@pytest.mark.parametrize("where", ["conditions", "when"])
+def test_a_condition_that_is_not_true_or_false_does_not_quote_a_secret(write_workflow, capsys, where):
+    condition = '"yes{{ .api_token }}"'
+    path = write_workflow(
+        "name: cond\nparameters:\n  - name: api_token\n    required: true\n"
+        + (f"conditions:\n  - name: go\n    expression: {condition}\n" if where == "conditions" else "")
+        + "steps:\n  - name: s\n    command: echo hi\n"
+        + (f"    when: {condition}\n" if where == "when" else "")
+    )
+    assert cli("plan", str(path), "--param", "api_token=normalsecret2") == 3
+    err = capsys.readouterr().err
+    assert "expected true or false" in err and "yes**********" in err
+    assert "normalsecret2" not in err
