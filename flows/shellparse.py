@@ -145,6 +145,10 @@ _NAME = (
 _DOLLAR = "a value right after `$` would be read as part of a variable's name — write ${NAME}VALUE"
 _BACKSLASH = "a backslash right before a value would undo its quoting — remove the backslash"
 _DELIMITER = "a value cannot be a here-document's delimiter — write the delimiter itself"
+_DUPLICATE = (
+    "bash expands the word after `>&` a second time, as a file name, when it is not a number "
+    "(`$(cmd)` in a value runs), so no quoting holds a value there — write `> VALUE 2>&1` or `&> VALUE`"
+)
 
 
 class _Problem(Exception):
@@ -547,6 +551,8 @@ class _Reader:
                 name = True
             elif t == "pipeline":
                 self._check_pipeline(node, child)
+            elif t == "file_redirect" and _expanded_twice(node, child):
+                raise _Problem(_DUPLICATE)
             elif t in _REDIRECTS and child in _redirect_arguments(node):
                 owner = _redirected_command(node)
                 if owner is not None and owner.type != "command":  # `declare -i > f x=VALUE`
@@ -714,6 +720,20 @@ def _neutral(word: Any, literal: str | None) -> str | None:
     if "$" in text or "`" in text or "\\" in text:
         return None
     return text.replace('"', "").replace("'", "")
+
+
+def _expanded_twice(redirect: Any, child: Any) -> bool:
+    """Whether `child` is the target of `>&WORD` or `1>&WORD`: when the expanded word is not a
+    number or `-`, bash makes it `&>WORD` and expands it again (bash 5.2, redir.c), so quotes a
+    value was given are gone the second time. `2>&WORD` and `<&WORD` are refused as ambiguous."""
+    operator = next((c for c in redirect.children if not c.is_named), None)
+    if operator is None or operator.type != ">&":
+        return False
+    target = next((c for c in redirect.children if c.is_named and c.type != "file_descriptor"), None)
+    if child is None or child != target:
+        return False
+    fd = next((_text(c) for c in redirect.children if c.type == "file_descriptor"), "1")
+    return not fd.isdigit() or int(fd) == 1  # `{fd}>&` is read as no number: refused too
 
 
 def _redirected_command(redirect: Any) -> Any:
