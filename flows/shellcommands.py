@@ -175,6 +175,29 @@ _WRAPPERS = {
     "unshare": _Wrapper(_opts("-S", "-G", "--setuid", "--setgid")),
     "prlimit": _Wrapper(_opts("-p", "--pid")),
     "firejail": _Wrapper(),
+    "coproc": _Wrapper(),
+    "pkexec": _Wrapper(_opts("--user")),
+    "setpriv": _Wrapper(
+        _opts(
+            "--ambient-caps",
+            "--inh-caps",
+            "--bounding-set",
+            "--ruid",
+            "--euid",
+            "--rgid",
+            "--egid",
+            "--reuid",
+            "--regid",
+            "--groups",
+            "--securebits",
+            "--pdeathsig",
+            "--selinux-label",
+            "--apparmor-profile",
+            "--landlock-access",
+            "--landlock-rule",
+            "--seccomp-filter",
+        )  # fmt: skip
+    ),
     "caffeinate": _Wrapper(_opts("-t", "-w")),
 }
 

@@ -27,6 +27,7 @@ from flows.shellcommands import (
     command_starts,
     is_arithmetic,
     names_variable,
+    program,
     program_words,
     script_files,
     stdin_script_hint,
@@ -145,6 +146,16 @@ _NAME = (
 _DOLLAR = "a value right after `$` would be read as part of a variable's name — write ${NAME}VALUE"
 _BACKSLASH = "a backslash right before a value would undo its quoting — remove the backslash"
 _DELIMITER = "a value cannot be a here-document's delimiter — write the delimiter itself"
+_COPROC = (
+    "bash's grammar reads `coproc` before a compound command (`coproc NAME { ... }`) otherwise than "
+    "bash does, so where the values after it land cannot be told — set a variable before it and use "
+    'that: v=VALUE; coproc NAME { PROGRAM "$v"; }'
+)
+# Words that start a compound command: after `coproc` (or `coproc NAME`) the grammar reads them as words.
+_COMPOUND = frozenset({"{", "(", "((", "[[", "if", "while", "until", "for", "case", "select", "function"})
+# Builtins that assign to the variables their arguments name: into a name reference, the
+# value becomes the name of the variable it refers to, which bash evaluates (`a[$(cmd)]`).
+_ASSIGNING = frozenset({"read", "mapfile", "readarray", "printf", "getopts", "wait"})
 _DUPLICATE = (
     "bash expands the word after `>&` a second time, as a file name, when it is not a number "
     "(`$(cmd)` in a value runs), so no quoting holds a value there — write `> VALUE 2>&1` or `&> VALUE`"
@@ -430,6 +441,19 @@ class _Reader:
                 if c.type in ("variable_name", "variable_assignment")
             }
         )
+        self.namerefs = {  # declared `-n`: what is assigned to one names a variable
+            _assigned(c)
+            for node in _descendants(root, "declaration_command")
+            if _declares(node, "n")
+            for c in node.children
+            if c.type in ("variable_name", "variable_assignment")
+        }
+        self.coprocs = [  # where a `coproc` the grammar misreads starts
+            node.start_byte
+            for node in _descendants(root, "command")
+            if _literal(_command_words(node)[0]) == "coproc"
+            and any(_literal(w) in _COMPOUND for w in _command_words(node)[1:3])
+        ]
         self.associative = {  # declared `-A`: a subscript is a string, not arithmetic
             _assigned(c)
             for node in _descendants(root, "declaration_command")
@@ -470,6 +494,8 @@ class _Reader:
             # quotes or expansions inside one token: the grammar did not read this part
             shown = _OTHER_VALUE.sub("VALUE", _text(token))[:40]
             raise _Problem(f"a value inside `{shown}` cannot be placed safely — make it a word of its own")
+        if any(coproc < start for coproc in self.coprocs):
+            raise _Problem(_COPROC)
         kind = None
         delimiter, strip_tabs, starts_end = "", False, False
         arith = name = program = False
@@ -541,6 +567,10 @@ class _Reader:
                 if assigned in CODE_VARIABLES:
                     raise Refused(code_variable_message(assigned))
                 arith = arith or assigned in self.integers
+                name = name or assigned in self.namerefs
+            elif t == "for_statement" and child is not None and child.type in _WORDS:
+                variable = node.child_by_field_name("variable")
+                name = name or (variable is not None and _text(variable) in self.namerefs)
             elif t == "array" and child is not None and assigned_subscript(child, start):
                 arith = arith or _assigned(node.parent) not in self.associative
             elif t == "declaration_command":
@@ -571,6 +601,7 @@ class _Reader:
                     word = facts
             elif t == "command":
                 self._check_output_to_code(node)
+                name = name or self._assigns_nameref(node)
                 facts = self._command(node, child, start)
                 arith = arith or facts.get("arith", False)
                 name = name or facts.get("name", False)
@@ -624,11 +655,20 @@ class _Reader:
         # tree-sitter-bash hangs `cat <<EOF | sh` 's pipeline under the redirect
         fed += [c for p in redirect.children if p.type == "pipeline" for c in _commands_in(p)]
         for command in fed:
+            if self._assigns_nameref(command):
+                raise _Problem(_NAME)
             reader = _reads_code(command)
             if reader:
                 raise _Problem(
                     f"{what} is the program `{reader}` runs, where a value would be code — {stdin_script_hint(reader)}"
                 )
+
+    def _assigns_nameref(self, command: Any) -> bool:
+        """`read r`, `printf -v r`, where `r` is declared `-n`: what they assign names a variable."""
+        if command is None or command.type != "command" or not self.namerefs:
+            return False
+        literals = [_literal(w) for w in _command_words(command)]
+        return program(literals[0]) in _ASSIGNING and any(w in self.namerefs for w in literals[1:])
 
     def _check_pipeline(self, pipeline: Any, child: Any) -> None:
         stages = [c for c in pipeline.children if c.is_named]
@@ -636,6 +676,8 @@ class _Reader:
             return
         for later in stages[stages.index(child) + 1 :]:
             command = later.child_by_field_name("body") if later.type == "redirected_statement" else later
+            if any(self._assigns_nameref(c) for c in _commands_in(command)):
+                raise _Problem(_NAME)
             reader = _reads_code(command)
             if reader:
                 raise _Problem(

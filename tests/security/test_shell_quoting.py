@@ -204,6 +204,14 @@ RUNS = [
         "printf 'a\\n' | sed --sandbox -n 's/a/[{{ .x }}]/p' >/dev/null 2>&1 || true; echo ok",
         lambda v: "ok\n",
     ),
+    Runs("coproc's arguments", "coproc printf -- '%s\\n' {{ .x }} > out; wait; cat out", same),
+    Runs(
+        "coproc block reading a variable",
+        "v={{ .x }}; coproc N { printf '%s\\n' \"$v\" > out; }; wait; cat out",
+        same,
+    ),
+    Runs("setpriv's command", "setpriv --nnp -- printf -- '%s\\n' {{ .x }}", same),
+    Runs("name reference to a literal name", "declare -n r=v; v={{ .x }}; printf '%s\\n' \"$r\"", same),
     Runs("trimmed whitespace", "printf -- '%s\\n' x\n  {{- .x -}}  \n", lambda v: f"x{v}\n"),
 ]
 
@@ -378,6 +386,32 @@ REFUSED = [
     Refused("export NAME", "export {{ .x }}", "variable's name"),
     Refused("assignment name", "{{ .x }}=1", "variable's name"),
     Refused("declare -n", "declare -n ref={{ .x }}", "variable's name"),
+    # a name reference: what is assigned to it names the variable it refers to
+    Refused("declare -n, then assigned", 'declare -n r; r={{ .x }}; echo "$r"', "variable's name"),
+    Refused("local -n, then appended", 'f() { local -n r; r+={{ .x }}; echo "$r"; }; f', "variable's name"),
+    Refused("typeset -n, for list", "typeset -n r; for r in {{ .x }}; do :; done", "variable's name"),
+    Refused("declare -n, read from a here-string", "declare -n r; read -r r <<< {{ .x }}", "variable's name"),
+    Refused("declare -n, read from a pipe", "declare -n r; echo {{ .x }} | read -r r", "variable's name"),
+    Refused("declare -n, printf -v", "declare -n r; printf -v r %s {{ .x }}", "variable's name"),
+    # the word after `>&` (stdout) is expanded again as a file name when it is not a number
+    Refused(">& target", "echo hello >& {{ .x }}", "`>&`"),
+    Refused(">& target, glued", "echo hello >&{{ .x }}", "`&> VALUE`"),
+    Refused(">& target, double quotes", 'echo hello >&"{{ .x }}"', "`> VALUE 2>&1`"),
+    Refused(">& target, single quotes", "echo hello >&'{{ .x }}'", "`>&`"),
+    Refused(">& target, prefix", "echo hello >&log{{ .x }}", "`>&`"),
+    Refused(">& target, suffix", "echo hello >&{{ .x }}.log", "`>&`"),
+    Refused("exec >&", "exec >&{{ .x }}", "`>&`"),
+    Refused("1>& target", "echo hello 1>&{{ .x }}", "`>&`"),
+    Refused(">& target of a block", "{ echo hello; } >&{{ .x }}", "`>&`"),
+    Refused(">& target from $( )", 'echo hello >&"$(echo {{ .x }})"', "`>&`"),
+    # what a coproc runs
+    Refused("coproc", "coproc {{ .x }}; wait", CHOOSES),
+    Refused("coproc with a block", "coproc N { {{ .x }}; }; wait", "`coproc`"),
+    Refused("coproc with a loop", "coproc N while :; do eval {{ .x }}; done", "`coproc`"),
+    Refused("coproc with a subshell", "coproc ( {{ .x }} ); wait", CHOOSES),
+    Refused("setpriv", "setpriv --reuid 1000 {{ .x }} a", CHOOSES),
+    Refused("setpriv after --", "setpriv --nnp -- {{ .x }}", CHOOSES),
+    Refused("pkexec", "pkexec --user app {{ .x }}", CHOOSES),
     # what the grammar cannot read is not guessed
     Refused(
         "unbalanced control block", 'echo {{ if .x }}"{{ end }}a" {{ .x }}', "block opens or closes quotes"
@@ -396,6 +430,33 @@ def test_unquotable_places_are_refused_at_validate(case: Refused, tmp_path: Path
     # plan and run render with the same rules
     with pytest.raises(ValidationError, match="line [0-9]+ of the command"):
         compile_template(case.command).render({"x": "v"}, shell=True)
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE))
+def test_redirect_targets_in_their_safe_forms_are_expanded_once(key: str, tmp_path: Path) -> None:
+    """`> VALUE 2>&1`, `&> VALUE`, `&>> VALUE`, `>| VALUE`, `2>&VALUE` and `<&VALUE` name a file
+    (or fail): bash never expands the value again."""
+    marker = tmp_path / "marker"
+    value = HOSTILE[key].replace("{m}", str(marker))
+    for command in [
+        "echo hi > {{ .x }} 2>&1 || true",
+        "echo hi &> {{ .x }} || true",
+        "echo hi &>> {{ .x }} || true",
+        "echo hi >| {{ .x }} || true",
+        "echo hi 2>&{{ .x }} || true",
+        "cat <&{{ .x }} || true",
+        "cat 0<&{{ .x }} || true",
+        "exec 3>&1; echo hi 3>&{{ .x }} || true",
+    ]:
+        result = bash(rendered(workflow(tmp_path / "wf.yaml", command), {"x": value}), tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+        assert not marker.exists(), command
+
+
+def test_processor_placeholder_after_duplicating_redirect_is_refused() -> None:
+    with pytest.raises(ValidationError, match="processor template: .*`>&`"):
+        parse_processor("cat {input} >& {output}")
+    parse_processor("cat {input} > {output} 2>&1")
 
 
 ARITHMETIC = [
