@@ -83,10 +83,16 @@ def _forms(value: Any) -> set[str]:
     """A value as a command may print it: whole, line by line, list items joined, JSON-escaped,
     percent-encoded (a password inside a URL), and quoted as shells and their tools print it
     (`set -x`, `printf %q`, `${x@Q}`, `declare -p`, Python's `shlex.quote`)."""
+    if isinstance(value, dict):  # a variable's mapping: each value, and the mapping as JSON
+        forms = {json.dumps(value, default=str), json.dumps(value, default=str, ensure_ascii=False)}
+        for item in value.values():
+            forms |= _forms(item)
+        return {f for f in forms if len(f) >= SHORTEST}
     if isinstance(value, list | tuple):
         items = [str(v) for v in value if isinstance(v, str | int | float) and len(str(v)) >= SHORTEST]
         forms = {",".join(items), " ".join(items), json.dumps(items)} if items else set()
-        for item in items:
+        forms.add(json.dumps(value, default=str))
+        for item in value:  # nested lists and mappings too
             forms |= _forms(item)
         return {f for f in forms if len(f) >= SHORTEST}
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -1017,3 +1017,11 @@ def test_a_condition_that_is_not_true_or_false_does_not_quote_a_secret(write_wor
     err = capsys.readouterr().err
     assert "expected true or false" in err and "yes**********" in err
     assert "normalsecret2" not in err
+
+
+def test_secrets_nested_in_lists_and_mappings_are_masked():
+    from flows.masking import Masker
+
+    mask = Masker([[["hunter2hunter"], {"k": "zzpass9876"}], {"k": "abcd+token99"}])
+    line = 'a hunter2hunter b zzpass9876 c {"k": "abcd+token99"} d abcd+token99'
+    assert mask(line) == "a ********** b ********** c ********** d **********"
