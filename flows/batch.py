@@ -167,8 +167,7 @@ def _prepare(
         workflow_id=workflow_id,
     )
     bound.warnings[:0] = analysis.warnings
-    mask = Masker.for_parameters(bound.parameters, bound.is_secret)
-    mask.add(bound.derived_secrets.values())
+    mask = Masker(bound.secret_values())  # what the run will mask, as run.py builds it
     try:
         plan = plan_workflow(loaded, analysis.graph, bound, parallel=parallel or settings.parallel)
     except OpsflowError as err:  # a step's `when` may quote what a secret made
